@@ -1,0 +1,274 @@
+//! The contract between the kernel programs and the daemon: event records,
+//! map values, configuration handed to the programs, and the limits both
+//! sides agree on. Every type is `#[repr(C)]` with explicit padding so the
+//! byte layout is the same on both sides; discriminants never change.
+#![no_std]
+
+/// Bytes of a read or write copied into an event. Only buffers that start
+/// an HTTP message, or continue its header block, are copied; bodies never.
+pub const CAPTURE_LEN: usize = 512;
+/// Process (and thread) ids the kernel programs treat as traced.
+pub const MAX_TRACED_TASKS: u32 = 16_384;
+/// Connections tracked at once (an LRU map: the oldest idle one goes first).
+pub const MAX_CONNECTIONS: u32 = 65_536;
+/// Local ports the traced tree listens on, for accept-queue timestamps.
+pub const MAX_LISTEN_PORTS: u32 = 256;
+/// Size of the one ring buffer that carries every event.
+pub const RING_BUFFER_BYTES: u32 = 16 << 20;
+
+/// What a record on the ring buffer is. The first four bytes of every record.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Data = 1,
+    ConnOpen = 2,
+    ConnClose = 3,
+    TaskFork = 4,
+    TaskExit = 5,
+}
+
+impl EventKind {
+    pub fn from_u32(raw: u32) -> Option<Self> {
+        Some(match raw {
+            1 => Self::Data,
+            2 => Self::ConnOpen,
+            3 => Self::ConnClose,
+            4 => Self::TaskFork,
+            5 => Self::TaskExit,
+            _ => return None,
+        })
+    }
+}
+
+/// Common first field of every record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventHeader {
+    pub kind: u32,
+    /// Process id (tgid) of the task the event happened in; 0 in softirq.
+    pub tgid: u32,
+    /// `bpf_ktime_get_ns`: monotonic, the daemon maps it to wall-clock time.
+    pub timestamp_ns: u64,
+}
+
+/// Direction of a [`DataEvent`].
+pub const DIRECTION_RECV: u8 = 0;
+pub const DIRECTION_SEND: u8 = 1;
+
+/// A completed read or write on a TCP socket of a traced process.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DataEvent {
+    pub header: EventHeader,
+    /// Kernel address of the `struct sock`: the connection's identity while it lives.
+    pub sock: u64,
+    pub tid: u32,
+    /// `DIRECTION_RECV` or `DIRECTION_SEND`.
+    pub direction: u8,
+    pub _pad: [u8; 3],
+    /// Bytes the syscall moved.
+    pub bytes: u32,
+    /// Bytes copied into `payload` (0 when the buffer is body or unreadable).
+    pub captured: u32,
+    pub payload: [u8; CAPTURE_LEN],
+}
+
+/// A connection seen for the first time by a traced process, or its end.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnEvent {
+    pub header: EventHeader,
+    pub sock: u64,
+    /// When the kernel completed the handshake (0 if it predates the tracer).
+    pub established_ns: u64,
+    pub meta: ConnMeta,
+}
+
+/// Addresses of a connection, as `inet_sock_set_state` reported them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnMeta {
+    /// `AF_INET` (2), `AF_INET6` (10), or 0 when unknown.
+    pub family: u16,
+    pub local_port: u16,
+    pub peer_port: u16,
+    pub _pad: u16,
+    /// IPv4 in the first four bytes, or the IPv6 address.
+    pub peer_addr: [u8; 16],
+}
+
+/// A task forked by, or exiting from, the traced tree.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskEvent {
+    pub header: EventHeader,
+    /// The child for `TaskFork`, the exiting task id for `TaskExit`.
+    pub task: u32,
+    pub _pad: u32,
+}
+
+/// Where a connection is in its current message, per direction, so that
+/// only header blocks are ever copied out of a process.
+pub const PHASE_START: u8 = 0;
+pub const PHASE_HEADERS: u8 = 1;
+pub const PHASE_BODY: u8 = 2;
+
+/// Value of the kernel's connection map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnState {
+    pub established_ns: u64,
+    /// Traced process that reads and writes it; 0 until one does.
+    pub owner_tgid: u32,
+    pub recv_phase: u8,
+    pub send_phase: u8,
+    /// 1 once either direction started an HTTP message.
+    pub is_http: u8,
+    pub _pad: u8,
+    pub meta: ConnMeta,
+}
+
+/// Indexes of the per-CPU counters the programs keep.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelCounter {
+    /// An event was lost because the ring buffer was full.
+    RingBufferFull = 0,
+    /// A user buffer could not be read (faulted or unknown syscall).
+    CaptureFailed = 1,
+    /// The connection map refused an insert.
+    ConnTableFull = 2,
+    /// The traced-task map refused an insert (a fork went untraced).
+    TaskTableFull = 3,
+}
+
+pub const KERNEL_COUNTERS: u32 = 4;
+
+/// Byte offsets of the tracepoint record fields the programs read, taken from
+/// tracefs `format` files at start-up, never assumed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TracepointOffsets {
+    pub sock_len_sk: u32,
+    pub sock_len_family: u32,
+    pub sock_len_protocol: u32,
+    pub sock_len_ret: u32,
+    pub sock_len_flags: u32,
+    pub set_state_skaddr: u32,
+    pub set_state_oldstate: u32,
+    pub set_state_newstate: u32,
+    pub set_state_sport: u32,
+    pub set_state_dport: u32,
+    pub set_state_family: u32,
+    pub set_state_protocol: u32,
+    pub set_state_daddr: u32,
+    pub set_state_daddr_v6: u32,
+    pub fork_child_pid: u32,
+    pub _pad: u32,
+}
+
+/// Offsets into the task's saved user registers (`struct pt_regs`, from BTF)
+/// and the syscall numbers of this architecture (from libc), so the programs
+/// can find the user buffer of the syscall that moved the bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallAbi {
+    pub regs_syscall_nr: u32,
+    pub regs_arg1: u32,
+    /// Syscalls whose second argument is the data buffer.
+    pub plain_buffer: [i32; 6],
+    /// Syscalls whose second argument is a `struct iovec *`.
+    pub iovec: [i32; 4],
+    /// Syscalls whose second argument is a `struct msghdr *`.
+    pub msghdr: [i32; 2],
+}
+
+/// Everything the daemon hands the programs at load time (one read-only global).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelConfig {
+    pub tracepoints: TracepointOffsets,
+    pub syscalls: SyscallAbi,
+}
+
+/// Offsets of `struct iovec` and `struct msghdr` in the user ABI (x86_64 and
+/// every other 64-bit Linux ABI).
+pub const IOVEC_BASE: u64 = 0;
+pub const MSGHDR_IOV: u64 = 16;
+
+/// Linux constants the programs compare against (uapi, stable).
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+pub const IPPROTO_TCP: u16 = 6;
+pub const MSG_PEEK: i32 = 2;
+pub const TCP_ESTABLISHED: i32 = 1;
+pub const TCP_SYN_RECV: i32 = 3;
+pub const TCP_FIN_WAIT1: i32 = 4;
+pub const TCP_CLOSE: i32 = 7;
+pub const TCP_CLOSE_WAIT: i32 = 8;
+pub const TCP_LAST_ACK: i32 = 9;
+
+/// Bytes of a buffer the kernel looks at to decide whether it starts a message.
+pub const PREFIX_LEN: usize = 8;
+
+/// May a buffer that begins with `prefix` (the whole buffer when shorter than
+/// [`PREFIX_LEN`]) start an HTTP/1.x message: a request method or a status
+/// line? A short buffer counts when it is the beginning of one, so that a
+/// request line split across reads is still followed. Shared by the kernel
+/// (to decide what to copy) and the daemon. Written with plain loops: the
+/// kernel side has no `memcmp`.
+pub fn may_start_http_message(prefix: &[u8]) -> bool {
+    const STARTS: [&[u8]; 10] = [
+        b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"PATCH ", b"OPTIONS ", b"CONNECT ",
+        b"TRACE ", b"HTTP/1.",
+    ];
+    let mut s = 0;
+    while s < STARTS.len() {
+        let start = STARTS[s];
+        let mut i = 0;
+        while i < start.len() && i < prefix.len() && start[i] == prefix[i] {
+            i += 1;
+        }
+        if i == start.len() || (i == prefix.len() && i > 0) {
+            return true;
+        }
+        s += 1;
+    }
+    false
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: plain-old-data, `#[repr(C)]`, no implicit padding.
+    unsafe impl aya::Pod for ConnState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for KernelConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_starts() {
+        assert!(may_start_http_message(b"GET /work HTTP/1.1"));
+        assert!(may_start_http_message(b"HTTP/1.1 200 OK"));
+        assert!(may_start_http_message(b"OPTIONS "));
+        assert!(may_start_http_message(b"GE"), "a split request line is followed");
+        assert!(!may_start_http_message(b""));
+        assert!(!may_start_http_message(b"0 1 2 3 4 5"));
+        assert!(!may_start_http_message(b"GETX /"));
+        assert!(!may_start_http_message(b"\x16\x03\x01\x02\x00\x01\x00\x01"));
+    }
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<EventHeader>() == 16);
+    assert!(core::mem::size_of::<DataEvent>() == 16 + 8 + 4 + 4 + 4 + 4 + CAPTURE_LEN);
+    assert!(core::mem::size_of::<ConnMeta>() == 24);
+    assert!(core::mem::size_of::<ConnEvent>() == 56);
+    assert!(core::mem::size_of::<TaskEvent>() == 24);
+    assert!(core::mem::size_of::<ConnState>() == 40);
+    assert!(CAPTURE_LEN.is_power_of_two());
+};

@@ -1,0 +1,40 @@
+//! The load-time configuration: one read-only global that the daemon fills
+//! before loading. Because `.rodata` is frozen, the verifier sees its values
+//! as constants.
+use tracer_common::KernelConfig;
+
+#[unsafe(no_mangle)]
+static CONFIG: KernelConfig = KernelConfig {
+    tracepoints: tracer_common::TracepointOffsets {
+        sock_len_sk: 0,
+        sock_len_family: 0,
+        sock_len_protocol: 0,
+        sock_len_ret: 0,
+        sock_len_flags: 0,
+        set_state_skaddr: 0,
+        set_state_oldstate: 0,
+        set_state_newstate: 0,
+        set_state_sport: 0,
+        set_state_dport: 0,
+        set_state_family: 0,
+        set_state_protocol: 0,
+        set_state_daddr: 0,
+        set_state_daddr_v6: 0,
+        fork_child_pid: 0,
+        _pad: 0,
+    },
+    syscalls: tracer_common::SyscallAbi {
+        regs_syscall_nr: 0,
+        regs_arg1: 0,
+        plain_buffer: [-1; 6],
+        iovec: [-1; 4],
+        msghdr: [-1; 2],
+    },
+};
+
+/// Reads the configuration without letting the compiler fold the zeroes above.
+#[inline(always)]
+pub fn config() -> KernelConfig {
+    // SAFETY: a plain read of an initialised static.
+    unsafe { core::ptr::read_volatile(&CONFIG) }
+}

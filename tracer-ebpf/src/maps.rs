@@ -1,0 +1,49 @@
+//! The maps shared by the programs and the daemon.
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use tracer_common::{
+    ConnState, KERNEL_COUNTERS, KernelCounter, MAX_CONNECTIONS, MAX_LISTEN_PORTS,
+    MAX_TRACED_TASKS, RING_BUFFER_BYTES,
+};
+
+/// Tasks (process and thread ids) being traced: the daemon seeds it with the
+/// tree of `--pid`, the fork hook adds children.
+#[map]
+pub static TRACED_TASKS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TRACED_TASKS, 0);
+
+/// Local ports the traced tree listens on (host byte order), kept by the daemon.
+#[map]
+pub static LISTEN_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_LISTEN_PORTS, 0);
+
+/// Connections by `struct sock` address.
+#[map]
+pub static CONNECTIONS: LruHashMap<u64, ConnState> =
+    LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
+
+/// Every event, in order, to the daemon.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BUFFER_BYTES, 0);
+
+/// What the programs could not do, by [`KernelCounter`].
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(KERNEL_COUNTERS, 0);
+
+pub fn count(counter: KernelCounter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, programs do not preempt each other on one CPU.
+        unsafe { *slot += 1 };
+    }
+}
+
+pub fn is_traced(task: u32) -> bool {
+    // SAFETY: only presence is checked, the value is not read.
+    unsafe { TRACED_TASKS.get(&task).is_some() }
+}
+
+/// The current process id (tgid) and task id.
+pub fn current_task() -> (u32, u32) {
+    let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    ((pid_tgid >> 32) as u32, pid_tgid as u32)
+}

@@ -1,0 +1,110 @@
+//! TCP connection life from `sock:inet_sock_set_state`. This hook runs for
+//! every TCP state change on the host (often in softirq context, so it cannot
+//! filter on the current process): it does one map lookup and leaves.
+//!
+//! - SYN_RECV -> ESTABLISHED on a port the traced tree listens on: remember
+//!   when the handshake completed, which is before `accept` returns; the
+//!   difference is the time the request waited in the accept queue.
+//! - The application closing (ESTABLISHED -> FIN_WAIT1, CLOSE_WAIT ->
+//!   LAST_ACK) or the connection dying (-> CLOSE): tell the daemon the
+//!   connection is over, so it can finish what is pending, and forget it.
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TracePointContext};
+use tracer_common::{
+    AF_INET, ConnEvent, ConnMeta, ConnState, EventHeader, EventKind, IPPROTO_TCP, KernelCounter,
+    PHASE_START, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_LAST_ACK,
+    TCP_SYN_RECV,
+};
+
+use crate::{
+    config::config,
+    maps::{CONNECTIONS, EVENTS, LISTEN_PORTS, count},
+};
+
+pub fn on_state_change(ctx: &TracePointContext) {
+    let _ = try_on_state_change(ctx);
+}
+
+fn try_on_state_change(ctx: &TracePointContext) -> Result<(), i32> {
+    let tp = config().tracepoints;
+    // SAFETY (all reads): offsets come from the tracepoint's format file.
+    let protocol: u16 = unsafe { ctx.read_at(tp.set_state_protocol as usize)? };
+    if protocol != IPPROTO_TCP {
+        return Ok(());
+    }
+    let sock: u64 = unsafe { ctx.read_at(tp.set_state_skaddr as usize)? };
+    let old: i32 = unsafe { ctx.read_at(tp.set_state_oldstate as usize)? };
+    let new: i32 = unsafe { ctx.read_at(tp.set_state_newstate as usize)? };
+
+    if old == TCP_SYN_RECV && new == TCP_ESTABLISHED {
+        let local_port: u16 = unsafe { ctx.read_at(tp.set_state_sport as usize)? };
+        // SAFETY: presence check only.
+        if unsafe { LISTEN_PORTS.get(&local_port) }.is_none() {
+            return Ok(());
+        }
+        let family: u16 = unsafe { ctx.read_at(tp.set_state_family as usize)? };
+        let peer_port: u16 = unsafe { ctx.read_at(tp.set_state_dport as usize)? };
+        let mut peer_addr = [0u8; 16];
+        if family == AF_INET {
+            let v4: [u8; 4] = unsafe { ctx.read_at(tp.set_state_daddr as usize)? };
+            peer_addr[..4].copy_from_slice(&v4);
+        } else {
+            peer_addr = unsafe { ctx.read_at(tp.set_state_daddr_v6 as usize)? };
+        }
+        let state = ConnState {
+            // SAFETY: helper without preconditions.
+            established_ns: unsafe { bpf_ktime_get_ns() },
+            owner_tgid: 0,
+            recv_phase: PHASE_START,
+            send_phase: PHASE_START,
+            is_http: 0,
+            _pad: 0,
+            meta: ConnMeta {
+                family,
+                local_port,
+                peer_port,
+                _pad: 0,
+                peer_addr,
+            },
+        };
+        if CONNECTIONS.insert(&sock, &state, 0).is_err() {
+            count(KernelCounter::ConnTableFull);
+        }
+        return Ok(());
+    }
+
+    let ending = (old == TCP_ESTABLISHED && new == TCP_FIN_WAIT1)
+        || (old == TCP_CLOSE_WAIT && new == TCP_LAST_ACK)
+        || new == TCP_CLOSE;
+    if !ending {
+        return Ok(());
+    }
+    // SAFETY: the entry is copied out before it is removed.
+    let Some(state) = (unsafe { CONNECTIONS.get(&sock) }).copied() else {
+        return Ok(());
+    };
+    let _ = CONNECTIONS.remove(&sock);
+    if state.is_http != 0 {
+        emit_conn_event(EventKind::ConnClose, state.owner_tgid, sock, &state);
+    }
+    Ok(())
+}
+
+/// Sends a connection's opening or closing record.
+pub fn emit_conn_event(kind: EventKind, tgid: u32, sock: u64, state: &ConnState) {
+    let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
+        count(KernelCounter::RingBufferFull);
+        return;
+    };
+    entry.write(ConnEvent {
+        header: EventHeader {
+            kind: kind as u32,
+            tgid,
+            // SAFETY: helper without preconditions.
+            timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        },
+        sock,
+        established_ns: state.established_ns,
+        meta: state.meta,
+    });
+    entry.submit(0);
+}

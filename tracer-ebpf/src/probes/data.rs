@@ -1,0 +1,252 @@
+//! Socket data from `sock:sock_recv_length` / `sock:sock_send_length`. They
+//! fire in the process that moved the bytes, after the copy, for every
+//! read/recv*/readv and write/send*/writev/sendfile on a socket, and cost
+//! nothing to processes whose syscalls are not socket I/O (unlike syscall
+//! tracepoints, which put every task of the host on the slow syscall path).
+//!
+//! They do not carry the user buffer, so it is found from the syscall's
+//! saved registers (`bpf_task_pt_regs`). Only buffers that start an HTTP
+//! message or continue its header block are copied, and the copy stops at
+//! the end of the header block: bodies never leave the process.
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_probe_read_user_buf, bpf_task_pt_regs,
+    },
+    programs::TracePointContext,
+};
+use tracer_common::{
+    AF_INET, AF_INET6, CAPTURE_LEN, ConnMeta, ConnState, DIRECTION_RECV, DataEvent, EventHeader,
+    EventKind, IOVEC_BASE, IPPROTO_TCP, KernelCounter, MSG_PEEK, MSGHDR_IOV, PHASE_BODY,
+    PHASE_HEADERS, PHASE_START, PREFIX_LEN, SyscallAbi, may_start_http_message,
+};
+
+use crate::{
+    config::config,
+    maps::{CONNECTIONS, EVENTS, count, current_task, is_traced},
+    probes::connection::emit_conn_event,
+};
+
+pub fn on_socket_io(ctx: &TracePointContext, direction: u8) {
+    let (tgid, tid) = current_task();
+    if !is_traced(tgid) {
+        return;
+    }
+    let _ = try_on_socket_io(ctx, direction, tgid, tid);
+}
+
+fn try_on_socket_io(
+    ctx: &TracePointContext,
+    direction: u8,
+    tgid: u32,
+    tid: u32,
+) -> Result<(), i32> {
+    let tp = config().tracepoints;
+    // SAFETY (all reads): offsets come from the tracepoint's format file.
+    let family: u16 = unsafe { ctx.read_at(tp.sock_len_family as usize)? };
+    let protocol: u16 = unsafe { ctx.read_at(tp.sock_len_protocol as usize)? };
+    let moved: i32 = unsafe { ctx.read_at(tp.sock_len_ret as usize)? };
+    if protocol != IPPROTO_TCP || (family != AF_INET && family != AF_INET6) || moved <= 0 {
+        return Ok(());
+    }
+    let flags: i32 = unsafe { ctx.read_at(tp.sock_len_flags as usize)? };
+    if direction == DIRECTION_RECV && flags & MSG_PEEK != 0 {
+        return Ok(());
+    }
+    let sock: u64 = unsafe { ctx.read_at(tp.sock_len_sk as usize)? };
+    let state = connection(sock, tgid, family)?;
+    let phase = if direction == DIRECTION_RECV {
+        state.recv_phase
+    } else {
+        state.send_phase
+    };
+    let moved = moved as u32;
+    let buffer = user_buffer(&config().syscalls);
+
+    let starts_or_continues_headers = phase == PHASE_HEADERS
+        || buffer.is_some_and(|buffer| buffer_may_start_message(buffer, moved));
+    if !starts_or_continues_headers {
+        // Body bytes: only the time and size matter, and only for writes
+        // (the last write of a response ends its span).
+        if direction != DIRECTION_RECV && state.is_http != 0 {
+            emit_data(sock, tgid, tid, direction, moved, None);
+        }
+        return Ok(());
+    }
+    if state.is_http == 0 {
+        state.is_http = 1;
+        emit_conn_event(EventKind::ConnOpen, tgid, sock, state);
+    }
+    let next_phase = emit_data(sock, tgid, tid, direction, moved, buffer);
+    if direction == DIRECTION_RECV {
+        state.recv_phase = next_phase;
+    } else {
+        state.send_phase = next_phase;
+    }
+    Ok(())
+}
+
+/// The connection's state, created on first use by a traced process.
+fn connection(sock: u64, tgid: u32, family: u16) -> Result<&'static mut ConnState, i32> {
+    if let Some(state) = CONNECTIONS.get_ptr_mut(&sock) {
+        // SAFETY: map values live until removed; a connection is used by one
+        // task at a time, so no other program writes this entry concurrently.
+        let state = unsafe { &mut *state };
+        if state.owner_tgid == 0 {
+            state.owner_tgid = tgid;
+        }
+        return Ok(state);
+    }
+    let fresh = ConnState {
+        established_ns: 0,
+        owner_tgid: tgid,
+        recv_phase: PHASE_START,
+        send_phase: PHASE_START,
+        is_http: 0,
+        _pad: 0,
+        meta: ConnMeta {
+            family,
+            local_port: 0,
+            peer_port: 0,
+            _pad: 0,
+            peer_addr: [0; 16],
+        },
+    };
+    if CONNECTIONS.insert(&sock, &fresh, 0).is_err() {
+        count(KernelCounter::ConnTableFull);
+        return Err(0);
+    }
+    match CONNECTIONS.get_ptr_mut(&sock) {
+        // SAFETY: as above.
+        Some(state) => Ok(unsafe { &mut *state }),
+        None => Err(0),
+    }
+}
+
+/// The user buffer of the syscall in progress, from its saved registers.
+fn user_buffer(abi: &SyscallAbi) -> Option<u64> {
+    // SAFETY: the current task is valid for the program's whole run; reading
+    // its saved registers cannot fault in a way the helpers do not handle.
+    unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
+        let nr: u64 = bpf_probe_read_kernel(regs.add(abi.regs_syscall_nr as usize).cast()).ok()?;
+        let arg1: u64 = bpf_probe_read_kernel(regs.add(abi.regs_arg1 as usize).cast()).ok()?;
+        let nr = nr as i32;
+        if abi.plain_buffer.contains(&nr) {
+            return Some(arg1);
+        }
+        if abi.iovec.contains(&nr) {
+            return bpf_probe_read_user((arg1 + IOVEC_BASE) as *const u64).ok();
+        }
+        if abi.msghdr.contains(&nr) {
+            let iov: u64 = bpf_probe_read_user((arg1 + MSGHDR_IOV) as *const u64).ok()?;
+            return bpf_probe_read_user((iov + IOVEC_BASE) as *const u64).ok();
+        }
+    }
+    None
+}
+
+fn buffer_may_start_message(buffer: u64, moved: u32) -> bool {
+    let mut prefix = [0u8; PREFIX_LEN];
+    let len = if (moved as usize) < PREFIX_LEN {
+        moved as usize
+    } else {
+        PREFIX_LEN
+    };
+    let Some(prefix) = prefix.get_mut(..len) else {
+        return false;
+    };
+    // SAFETY: the helper checks the user address.
+    if unsafe { bpf_probe_read_user_buf(buffer as *const u8, prefix) }.is_err() {
+        return false;
+    }
+    may_start_http_message(prefix)
+}
+
+/// Sends one data record, copying the header part of `buffer` when given.
+/// Returns the phase the direction is in after these bytes.
+fn emit_data(
+    sock: u64,
+    tgid: u32,
+    tid: u32,
+    direction: u8,
+    moved: u32,
+    buffer: Option<u64>,
+) -> u8 {
+    let Some(mut entry) = EVENTS.reserve::<DataEvent>(0) else {
+        count(KernelCounter::RingBufferFull);
+        // Still follow the message, so that a later body is not copied.
+        return if buffer.is_some() { PHASE_HEADERS } else { PHASE_BODY };
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points to a reserved record of the right size; every
+    // field the daemon reads is written below.
+    let event = unsafe { &mut *event };
+    event.header = EventHeader {
+        kind: EventKind::Data as u32,
+        tgid,
+        // SAFETY: helper without preconditions.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    event.sock = sock;
+    event.tid = tid;
+    event.direction = direction;
+    event._pad = [0; 3];
+    event.bytes = moved;
+    event.captured = 0;
+    let mut phase = PHASE_BODY;
+    if let Some(buffer) = buffer {
+        let len = if (moved as usize) < CAPTURE_LEN {
+            moved as usize
+        } else {
+            CAPTURE_LEN
+        };
+        let copied = match event.payload.get_mut(..len) {
+            // SAFETY: the helper checks the user address.
+            Some(dst) => unsafe { bpf_probe_read_user_buf(buffer as *const u8, dst) }.is_ok(),
+            None => false,
+        };
+        if copied {
+            match header_block_end(&event.payload, len) {
+                Some(end) => {
+                    event.captured = end as u32;
+                    erase_after(&mut event.payload, end, len);
+                }
+                None => {
+                    event.captured = len as u32;
+                    phase = PHASE_HEADERS;
+                }
+            }
+        } else {
+            count(KernelCounter::CaptureFailed);
+        }
+    }
+    entry.submit(0);
+    phase
+}
+
+/// Zeroes `payload[from..to]`: the bytes after a header block are body.
+fn erase_after(payload: &mut [u8; CAPTURE_LEN], from: usize, to: usize) {
+    let mut i = from;
+    while i < CAPTURE_LEN && i < to {
+        payload[i] = 0;
+        i += 1;
+    }
+}
+
+/// Index just past the first `\r\n\r\n` within the first `len` bytes.
+fn header_block_end(payload: &[u8; CAPTURE_LEN], len: usize) -> Option<usize> {
+    let mut window: u32 = 0;
+    let mut i = 0;
+    while i < CAPTURE_LEN {
+        if i >= len {
+            return None;
+        }
+        window = (window << 8) | payload[i] as u32;
+        if window == 0x0d0a_0d0a {
+            return Some(i + 1);
+        }
+        i += 1;
+    }
+    None
+}

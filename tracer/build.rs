@@ -1,0 +1,32 @@
+//! Builds the kernel programs (`tracer-ebpf`) for `bpfel-unknown-none` and
+//! embeds them. `AYA_BUILD_SKIP=1` skips this for a quick check or lint pass.
+use anyhow::{Context as _, anyhow};
+use aya_build::{Package, Toolchain};
+
+fn main() -> anyhow::Result<()> {
+    let metadata = cargo_metadata::MetadataCommand::new()
+        .no_deps()
+        .exec()
+        .context("cargo metadata failed")?;
+    let ebpf = metadata
+        .packages
+        .iter()
+        .find(|package| package.name.as_str() == "tracer-ebpf")
+        .ok_or_else(|| anyhow!("tracer-ebpf package not found"))?;
+    let root_dir = ebpf
+        .manifest_path
+        .parent()
+        .ok_or_else(|| anyhow!("tracer-ebpf manifest has no parent"))?;
+    // Stable rustc builds `core` for the BPF target only with build-std,
+    // which stable unlocks with RUSTC_BOOTSTRAP (see DESIGN.md).
+    // SAFETY: the build script is single-threaded here.
+    unsafe { std::env::set_var("RUSTC_BOOTSTRAP", "1") };
+    aya_build::build_ebpf(
+        [Package {
+            name: ebpf.name.as_str(),
+            root_dir: root_dir.as_str(),
+            ..Default::default()
+        }],
+        Toolchain::Custom("stable"),
+    )
+}
