@@ -1,0 +1,32 @@
+"""The experiment's Flask app (see DESIGN.md), plus the routes the tracer's
+tests need: a 404, a 500, a POST that reads its body, and a light endpoint."""
+from flask import Flask, abort, request
+
+app = Flask(__name__)
+
+
+@app.get("/work")
+def work():
+    # CPU-bound, as published: a 48,889-byte body, about 0.7 ms of CPU.
+    numbers = list(range(10000))
+    return " ".join(map(str, numbers))
+
+
+@app.get("/light")
+def light():
+    return "ok"
+
+
+@app.post("/echo-size")
+def echo_size():
+    return str(len(request.get_data()))
+
+
+@app.get("/fail")
+def fail():
+    abort(500)
+
+
+@app.get("/missing")
+def missing():
+    abort(404)
