@@ -1,0 +1,10 @@
+//! The proving ground for the tracer: an open-loop load generator, an
+//! embedded OTLP sink, supervision of the Flask app in its three
+//! configurations, CPU accounting, and the benchmark that ties them together
+//! and writes its report.
+
+pub mod clock;
+pub mod http1;
+pub mod latency;
+pub mod loadgen;
+pub mod testserver;
