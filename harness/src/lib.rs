@@ -3,6 +3,7 @@
 //! configurations, CPU accounting, and the benchmark that ties them together
 //! and writes its report.
 
+pub mod affinity;
 pub mod clock;
 pub mod http1;
 pub mod latency;
