@@ -30,10 +30,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if cores > 1 && let Err(e) = affinity::pin_current_thread(1) {
+    if cores > 1
+        && let Err(e) = affinity::pin_current_thread(1)
+    {
         eprintln!("cannot pin to core 1: {e}");
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("cannot build the runtime: {e}");

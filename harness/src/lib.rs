@@ -8,4 +8,5 @@ pub mod clock;
 pub mod http1;
 pub mod latency;
 pub mod loadgen;
+pub mod sink;
 pub mod testserver;
