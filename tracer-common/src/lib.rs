@@ -211,30 +211,70 @@ pub const TCP_LAST_ACK: i32 = 9;
 /// Bytes of a buffer the kernel looks at to decide whether it starts a message.
 pub const PREFIX_LEN: usize = 8;
 
-/// May a buffer that begins with `prefix` (the whole buffer when shorter than
-/// [`PREFIX_LEN`]) start an HTTP/1.x message: a request method or a status
-/// line? A short buffer counts when it is the beginning of one, so that a
-/// request line split across reads is still followed. Shared by the kernel
-/// (to decide what to copy) and the daemon. Written with plain loops: the
-/// kernel side has no `memcmp`.
-pub fn may_start_http_message(prefix: &[u8]) -> bool {
-    const STARTS: [&[u8]; 10] = [
-        b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"PATCH ", b"OPTIONS ", b"CONNECT ",
-        b"TRACE ", b"HTTP/1.",
-    ];
-    let mut s = 0;
-    while s < STARTS.len() {
-        let start = STARTS[s];
-        let mut i = 0;
-        while i < start.len() && i < prefix.len() && start[i] == prefix[i] {
-            i += 1;
-        }
-        if i == start.len() || (i == prefix.len() && i > 0) {
+/// The first bytes of every HTTP/1.x message start (methods, status line),
+/// as little-endian words with a mask of their length, so the kernel can
+/// test a prefix with a few word compares instead of byte loops (which the
+/// verifier would have to walk one path at a time).
+const MESSAGE_STARTS: [(u64, u64); 10] = [
+    word(b"GET "),
+    word(b"POST "),
+    word(b"PUT "),
+    word(b"HEAD "),
+    word(b"DELETE "),
+    word(b"PATCH "),
+    word(b"OPTIONS "),
+    word(b"CONNECT "),
+    word(b"TRACE "),
+    word(b"HTTP/1."),
+];
+
+const fn word(token: &[u8]) -> (u64, u64) {
+    let mut value = 0u64;
+    let mut mask = 0u64;
+    let mut i = 0;
+    while i < token.len() && i < PREFIX_LEN {
+        value |= (token[i] as u64) << (8 * i);
+        mask |= 0xff << (8 * i);
+        i += 1;
+    }
+    (value, mask)
+}
+
+/// May a buffer whose first `len` bytes (at most [`PREFIX_LEN`]) are the
+/// little-endian word `prefix` start an HTTP/1.x message? A buffer shorter
+/// than a token counts when it is the token's beginning, so that a request
+/// line split across reads is still followed.
+#[inline(always)]
+pub fn prefix_may_start_http_message(prefix: u64, len: usize) -> bool {
+    if len == 0 {
+        return false;
+    }
+    let len_mask = if len >= PREFIX_LEN {
+        u64::MAX
+    } else {
+        (1u64 << (8 * len)) - 1
+    };
+    let mut i = 0;
+    while i < MESSAGE_STARTS.len() {
+        let (token, token_mask) = MESSAGE_STARTS[i];
+        if (prefix ^ token) & token_mask & len_mask == 0 {
             return true;
         }
-        s += 1;
+        i += 1;
     }
     false
+}
+
+/// [`prefix_may_start_http_message`] for a byte slice.
+pub fn may_start_http_message(bytes: &[u8]) -> bool {
+    let len = if bytes.len() < PREFIX_LEN {
+        bytes.len()
+    } else {
+        PREFIX_LEN
+    };
+    let mut word = [0u8; PREFIX_LEN];
+    word[..len].copy_from_slice(&bytes[..len]);
+    prefix_may_start_http_message(u64::from_le_bytes(word), len)
 }
 
 #[cfg(feature = "user")]
@@ -255,7 +295,10 @@ mod tests {
         assert!(may_start_http_message(b"GET /work HTTP/1.1"));
         assert!(may_start_http_message(b"HTTP/1.1 200 OK"));
         assert!(may_start_http_message(b"OPTIONS "));
-        assert!(may_start_http_message(b"GE"), "a split request line is followed");
+        assert!(
+            may_start_http_message(b"GE"),
+            "a split request line is followed"
+        );
         assert!(!may_start_http_message(b""));
         assert!(!may_start_http_message(b"0 1 2 3 4 5"));
         assert!(!may_start_http_message(b"GETX /"));
@@ -271,4 +314,7 @@ const _: () = {
     assert!(core::mem::size_of::<TaskEvent>() == 24);
     assert!(core::mem::size_of::<ConnState>() == 40);
     assert!(CAPTURE_LEN.is_power_of_two());
+    // The kernel scans the payload a u64 word at a time.
+    assert!(core::mem::offset_of!(DataEvent, payload) % 8 == 0);
+    assert!(CAPTURE_LEN % 8 == 0);
 };

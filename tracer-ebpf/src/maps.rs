@@ -4,8 +4,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    ConnState, KERNEL_COUNTERS, KernelCounter, MAX_CONNECTIONS, MAX_LISTEN_PORTS,
-    MAX_TRACED_TASKS, RING_BUFFER_BYTES,
+    ConnState, KERNEL_COUNTERS, KernelCounter, MAX_CONNECTIONS, MAX_LISTEN_PORTS, MAX_TRACED_TASKS,
+    RING_BUFFER_BYTES,
 };
 
 /// Tasks (process and thread ids) being traced: the daemon seeds it with the

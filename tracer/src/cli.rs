@@ -1,0 +1,170 @@
+//! Command line: `Args` only validates what was typed; `Config` is what the
+//! daemon runs with, every default and environment variable resolved.
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::Resource;
+
+use crate::{
+    kernel::probes::ProbeSet,
+    proctree,
+    telemetry::exporter::{ExportConfig, OtlpProtocol},
+};
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    subcommand_negates_reqs = true,
+    about = "Trace every HTTP request of a process tree with eBPF and export OTLP spans"
+)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Process to trace with all its descendants, now and later (repeatable).
+    #[arg(long = "pid", value_name = "PID", required = true)]
+    pub pids: Vec<u32>,
+    /// `service.name` of the spans [default: the traced executable's name].
+    #[arg(long, env = "OTEL_SERVICE_NAME")]
+    pub service_name: Option<String>,
+    /// OTLP collector endpoint, or `none` to export nothing.
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_ENDPOINT",
+        default_value = "http://localhost:4317"
+    )]
+    pub otlp_endpoint: String,
+    /// OTLP transport.
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_PROTOCOL",
+        value_enum,
+        default_value = "grpc"
+    )]
+    pub otlp_protocol: OtlpProtocol,
+    /// Also print each finished request as one JSON object per line on stdout.
+    #[arg(long, value_enum)]
+    pub print: Option<PrintFormat>,
+    /// Keep query strings in `url.path` (they may hold secrets: off by default).
+    #[arg(long)]
+    pub keep_query_string: bool,
+    /// Kernel hook set.
+    #[arg(long, value_enum, default_value = "socket-tracepoints")]
+    pub probes: ProbeSet,
+    /// Requests waiting for export before new ones are dropped (and counted).
+    #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..))]
+    pub queue_size: u32,
+    /// Seconds between loss summaries in the log and metric exports.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub stats_interval: u64,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Show what this kernel and this process offer for tracing.
+    Doctor,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PrintFormat {
+    Json,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub pids: Vec<u32>,
+    pub probes: ProbeSet,
+    pub keep_query: bool,
+    pub export: ExportConfig,
+    pub stats_interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid OTLP endpoint {0:?}: expected http://host:port, https://host:port or none")]
+pub struct EndpointError(String);
+
+impl Args {
+    pub fn into_config(self) -> Result<Config, EndpointError> {
+        let endpoint = match self.otlp_endpoint.trim() {
+            "none" | "" => None,
+            url if (url.starts_with("http://") || url.starts_with("https://"))
+                && url
+                    .split_once("://")
+                    .is_some_and(|(_, rest)| !rest.is_empty()) =>
+            {
+                Some(url.to_owned())
+            }
+            other => return Err(EndpointError(other.to_owned())),
+        };
+        let root = self.pids.first().copied().unwrap_or_default();
+        let service_name = self
+            .service_name
+            .or_else(|| proctree::command_name(root))
+            .unwrap_or_else(|| "unknown_service".into());
+        let resource = Resource::builder_empty()
+            .with_attributes([
+                KeyValue::new("service.name", service_name),
+                KeyValue::new("host.name", host_name()),
+                KeyValue::new("process.pid", i64::from(root)),
+                KeyValue::new("telemetry.sdk.name", "tracer"),
+                KeyValue::new("telemetry.sdk.language", "rust"),
+                KeyValue::new("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
+            ])
+            .build();
+        let stats_interval = Duration::from_secs(self.stats_interval);
+        Ok(Config {
+            pids: self.pids,
+            probes: self.probes,
+            keep_query: self.keep_query_string,
+            export: ExportConfig {
+                endpoint,
+                protocol: self.otlp_protocol,
+                resource,
+                print_json: self.print == Some(PrintFormat::Json),
+                queue_capacity: self.queue_size as usize,
+                metric_interval: stats_interval,
+            },
+            stats_interval,
+        })
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("tracer").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn validates_input() {
+        assert!(parse(&[]).is_err(), "a pid is required");
+        assert!(parse(&["--pid", "-3"]).is_err());
+        assert!(parse(&["--pid", "1", "--otlp-protocol", "carrier-pigeon"]).is_err());
+        assert!(parse(&["--pid", "1", "--queue-size", "0"]).is_err());
+        let bad = parse(&["--pid", "1", "--otlp-endpoint", "localhost:4317"]).unwrap();
+        assert!(bad.into_config().is_err());
+        let none = parse(&["--pid", "1", "--otlp-endpoint", "none", "--print", "json"]).unwrap();
+        let config = none.into_config().unwrap();
+        assert_eq!(config.export.endpoint, None);
+        assert!(config.export.print_json);
+        let http = parse(&[
+            "--pid",
+            "1",
+            "--pid",
+            "2",
+            "--otlp-protocol",
+            "http/protobuf",
+        ])
+        .unwrap();
+        assert_eq!(http.otlp_protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(http.pids, vec![1, 2]);
+    }
+}

@@ -1,0 +1,264 @@
+//! The daemon: checks what it needs, loads the programs, seeds the traced
+//! tree, then reads the ring buffer until a signal or until the whole traced
+//! tree has exited. Killing it at any point leaves the traced service as it
+//! was: the programs only read, and the kernel detaches them with our fds.
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    sync::mpsc::error::TrySendError,
+};
+
+use crate::{
+    assembly::{Assembler, CompletedRequest},
+    cli::Config,
+    events::{self, Event},
+    kernel::{
+        loader::{self, KernelSide, LoadError},
+        privileges,
+    },
+    proctree,
+    stats::Stats,
+    telemetry::{
+        clock::Clock,
+        exporter::{self, ExporterSetupError},
+    },
+};
+
+/// A response of unknown length is finished after this much silence.
+const IDLE_RESPONSE: Duration = Duration::from_secs(2);
+/// Listening ports are re-read this often, and whenever the tree changes.
+const PORT_RESCAN_TICKS: u32 = 30;
+/// A connection silent this long lost its close event; forget it.
+const FORGET_CONNECTION: Duration = Duration::from_secs(300);
+const EXPORT_DRAIN: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(
+        "not permitted: loading BPF programs needs root, or CAP_BPF and CAP_PERFMON (effective capabilities: {0:#x})"
+    )]
+    NotPermitted(u64),
+    #[error("no such process: {0}")]
+    NoSuchPid(u32),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Exporter(#[from] ExporterSetupError),
+    #[error("{context}: {source}")]
+    Io {
+        context: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl DaemonError {
+    /// Distinct exit codes, so scripts and systemd can tell failures apart.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::NotPermitted(_) => 4,
+            Self::NoSuchPid(_) => 3,
+            Self::Load(LoadError::Tracefs(_)) => 5,
+            Self::Load(_) => 6,
+            Self::Exporter(_) => 7,
+            Self::Io { .. } => 1,
+        }
+    }
+}
+
+fn io(context: &'static str) -> impl FnOnce(std::io::Error) -> DaemonError {
+    move |source| DaemonError::Io { context, source }
+}
+
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    let capabilities = privileges::effective_capabilities().map_err(io("reading capabilities"))?;
+    if !privileges::can_trace(capabilities) {
+        return Err(DaemonError::NotPermitted(capabilities));
+    }
+    if let Some(&missing) = config.pids.iter().find(|&&pid| !proctree::is_alive(pid)) {
+        return Err(DaemonError::NoSuchPid(missing));
+    }
+    let (mut kernel, ring) = loader::load(config.probes)?;
+    // Programs are attached first, so a fork from now on is followed in the
+    // kernel; then the tree as it is now is seeded.
+    let mut tree = proctree::tree_of(&config.pids);
+    for &pid in &tree {
+        kernel.trace_task(pid)?;
+    }
+    let mut ports = refresh_ports(&mut kernel, &tree, &BTreeSet::new())?;
+    log::info!(
+        "tracing {} processes {:?} with {:?}, listening on ports {:?}",
+        tree.len(),
+        tree,
+        config.probes,
+        ports
+    );
+
+    let clock = Clock::new();
+    let stats = Arc::new(Stats::default());
+    if let Some(endpoint) = &config.export.endpoint {
+        warn_if_unreachable(endpoint).await;
+    }
+    let export = exporter::start(config.export.clone(), clock, stats.clone())?;
+    // SAFETY: the ring buffer owns its fd and outlives this registration
+    // (AsyncFd holds it); nothing else closes it.
+    let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|err| DaemonError::Io {
+        context: "polling the ring buffer",
+        source: err.into(),
+    })?;
+    let mut assembler = Assembler::new(config.keep_query);
+    let mut done = Vec::new();
+    let mut sigint = signal(SignalKind::interrupt()).map_err(io("installing SIGINT handler"))?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(io("installing SIGTERM handler"))?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut ticks_since_rescan = 0;
+    let mut tree_changed = false;
+    let mut report = tokio::time::interval(config.stats_interval);
+    report.tick().await;
+
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.map_err(io("waiting for the ring buffer"))?;
+                tree_changed |= read_events(guard.get_inner_mut(), &mut assembler, &mut tree, &stats, &mut done);
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                let now = Clock::monotonic_now_ns();
+                assembler.sweep(
+                    now.saturating_sub(IDLE_RESPONSE.as_nanos() as u64),
+                    now.saturating_sub(FORGET_CONNECTION.as_nanos() as u64),
+                    &mut done,
+                );
+                tree.retain(|&pid| proctree::is_alive(pid));
+                if tree.is_empty() {
+                    log::info!("every traced process has exited; stopping");
+                    break;
+                }
+                ticks_since_rescan += 1;
+                if tree_changed || ticks_since_rescan >= PORT_RESCAN_TICKS {
+                    ports = refresh_ports(&mut kernel, &tree, &ports)?;
+                    ticks_since_rescan = 0;
+                    tree_changed = false;
+                }
+            }
+            _ = report.tick() => {
+                stats.set_kernel(kernel.counters());
+                stats.set_assembly(assembler.counters);
+                log::info!("{} open_connections={}", stats.summary(), assembler.open_connections());
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+        send(&export.queue, &mut done, &stats);
+    }
+
+    // Finish what is pending and flush it.
+    let _ = read_events(ring.get_mut(), &mut assembler, &mut tree, &stats, &mut done);
+    assembler.drain(&mut done);
+    send(&export.queue, &mut done, &stats);
+    stats.set_kernel(kernel.counters());
+    stats.set_assembly(assembler.counters);
+    drop(export.queue);
+    if tokio::time::timeout(EXPORT_DRAIN, export.task)
+        .await
+        .is_err()
+    {
+        log::warn!("export did not finish within {EXPORT_DRAIN:?}; pending spans are lost");
+    }
+    log::info!("stopped: {}", stats.summary());
+    Ok(())
+}
+
+/// Drains the ring buffer; says whether the traced tree changed.
+fn read_events(
+    ring: &mut RingBuf<MapData>,
+    assembler: &mut Assembler,
+    tree: &mut BTreeSet<u32>,
+    stats: &Stats,
+    done: &mut Vec<CompletedRequest>,
+) -> bool {
+    let mut tree_changed = false;
+    while let Some(record) = ring.next() {
+        match events::decode(&record) {
+            Ok(event) => {
+                match event {
+                    Event::TaskFork { child } => {
+                        tree_changed |= tree.insert(child);
+                    }
+                    Event::TaskExit { task, .. } => {
+                        tree_changed |= tree.remove(&task);
+                    }
+                    _ => {}
+                }
+                assembler.handle(&event, done);
+            }
+            Err(err) => {
+                let before = stats
+                    .bad_records
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if before == 0 {
+                    log::warn!("skipping a malformed ring-buffer record: {err}");
+                }
+            }
+        }
+    }
+    tree_changed
+}
+
+fn send(
+    queue: &tokio::sync::mpsc::Sender<CompletedRequest>,
+    done: &mut Vec<CompletedRequest>,
+    stats: &Stats,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    for request in done.drain(..) {
+        stats.requests.fetch_add(1, Relaxed);
+        match queue.try_send(request) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Closed(_)) => {
+                stats.queue_full.fetch_add(1, Relaxed);
+            }
+        }
+    }
+}
+
+/// Keeps the kernel's listening-port set equal to what the tree listens on.
+fn refresh_ports(
+    kernel: &mut KernelSide,
+    tree: &BTreeSet<u32>,
+    current: &BTreeSet<u16>,
+) -> Result<BTreeSet<u16>, DaemonError> {
+    let ports = proctree::listening_ports(tree);
+    if &ports != current {
+        kernel.set_listen_ports(&ports)?;
+    }
+    Ok(ports)
+}
+
+async fn warn_if_unreachable(endpoint: &str) {
+    let authority = endpoint
+        .split_once("://")
+        .map_or(endpoint, |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let address = if authority.contains(':') {
+        authority.to_owned()
+    } else if endpoint.starts_with("https") {
+        format!("{authority}:443")
+    } else {
+        format!("{authority}:80")
+    };
+    let connect = tokio::net::TcpStream::connect(&address);
+    match tokio::time::timeout(Duration::from_secs(2), connect).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(err)) => log::warn!(
+            "OTLP collector {endpoint} is unreachable ({err}); tracing goes on, spans are counted as dropped until it answers"
+        ),
+        Err(_) => log::warn!("OTLP collector {endpoint} did not answer within 2s; tracing goes on"),
+    }
+}

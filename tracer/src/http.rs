@@ -1,0 +1,205 @@
+//! HTTP/1.x message heads, parsed with `httparse` from the captured bytes.
+//! Only what spans need is kept: method, path (query stripped unless asked),
+//! version, status, and how long the body is, to know when a response ends.
+
+/// Header slots offered to the parser; a head with more is not parsed.
+const MAX_HEADERS: usize = 64;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed<T> {
+    Complete(T),
+    /// The head is not complete yet; more bytes may complete it.
+    Partial,
+    Invalid,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestHead {
+    pub method: String,
+    /// The request target's path; the query string only if asked for.
+    pub path: String,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor_version: u8,
+    /// Bytes of the head, including the blank line.
+    pub head_len: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyLength {
+    None,
+    Known(u64),
+    /// Chunked or delimited by the connection's end.
+    Unknown,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub minor_version: u8,
+    pub head_len: usize,
+    pub body: BodyLength,
+}
+
+impl ResponseHead {
+    /// Total bytes of head and body, when the head says.
+    pub fn total_len(&self) -> Option<u64> {
+        match self.body {
+            BodyLength::None => Some(self.head_len as u64),
+            BodyLength::Known(len) => Some(self.head_len as u64 + len),
+            BodyLength::Unknown => None,
+        }
+    }
+}
+
+pub fn parse_request(bytes: &[u8], keep_query: bool) -> Parsed<RequestHead> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(bytes) {
+        Ok(httparse::Status::Complete(head_len)) => {
+            request_head(&request, head_len, keep_query).map_or(Parsed::Invalid, Parsed::Complete)
+        }
+        Ok(httparse::Status::Partial) => Parsed::Partial,
+        Err(_) => Parsed::Invalid,
+    }
+}
+
+/// The request line alone, for a head cut short by the capture size: the
+/// request is real, only its later headers are unknown.
+pub fn parse_request_line(bytes: &[u8], keep_query: bool) -> Option<RequestHead> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(bytes) {
+        Ok(_) | Err(httparse::Error::TooManyHeaders) => {
+            request_head(&request, bytes.len(), keep_query)
+        }
+        Err(_) => None,
+    }
+}
+
+fn request_head(
+    request: &httparse::Request<'_, '_>,
+    head_len: usize,
+    keep_query: bool,
+) -> Option<RequestHead> {
+    let target = request.path?;
+    let path = if keep_query {
+        target
+    } else {
+        target.split(['?', '#']).next().unwrap_or(target)
+    };
+    Some(RequestHead {
+        method: request.method?.to_owned(),
+        path: path.to_owned(),
+        minor_version: request.version?,
+        head_len,
+    })
+}
+
+/// `request_method` decides whether a body follows (not after HEAD).
+pub fn parse_response(bytes: &[u8], request_method: &str) -> Parsed<ResponseHead> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    let head_len = match response.parse(bytes) {
+        Ok(httparse::Status::Complete(head_len)) => head_len,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Invalid,
+    };
+    let (Some(status), Some(minor_version)) = (response.code, response.version) else {
+        return Parsed::Invalid;
+    };
+    let body = if request_method == "HEAD" || status < 200 || status == 204 || status == 304 {
+        BodyLength::None
+    } else if header(response.headers, "transfer-encoding").is_some() {
+        BodyLength::Unknown
+    } else {
+        match header(response.headers, "content-length") {
+            Some(value) => match std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+            {
+                Some(len) => BodyLength::Known(len),
+                None => return Parsed::Invalid,
+            },
+            None => BodyLength::Unknown,
+        }
+    };
+    Parsed::Complete(ResponseHead {
+        status,
+        minor_version,
+        head_len,
+        body,
+    })
+}
+
+fn header<'a>(headers: &[httparse::Header<'a>], name: &str) -> Option<&'a [u8]> {
+    headers
+        .iter()
+        .find(|header| header.name.eq_ignore_ascii_case(name))
+        .map(|header| header.value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_with_query_is_stripped() {
+        let Parsed::Complete(head) =
+            parse_request(b"GET /work?user=secret HTTP/1.1\r\nHost: x\r\n\r\n", false)
+        else {
+            panic!("not parsed");
+        };
+        assert_eq!(head.method, "GET");
+        assert_eq!(head.path, "/work");
+        assert_eq!(head.minor_version, 1);
+        assert_eq!(head.head_len, 42);
+        let Parsed::Complete(kept) = parse_request(b"GET /a?b=c HTTP/1.0\r\n\r\n", true) else {
+            panic!("not parsed");
+        };
+        assert_eq!(kept.path, "/a?b=c");
+    }
+
+    #[test]
+    fn partial_and_invalid_requests() {
+        assert_eq!(parse_request(b"GET /wo", false), Parsed::Partial);
+        assert_eq!(parse_request(b"\x16\x03\x01\x00", false), Parsed::Invalid);
+        assert_eq!(
+            parse_request(b"GET / HTTP/1.1\r\nHost x\r\n\r\n", false),
+            Parsed::Invalid
+        );
+    }
+
+    #[test]
+    fn request_line_of_a_cut_head() {
+        let head = parse_request_line(b"POST /upload HTTP/1.1\r\nX-Long: aaaa", false).unwrap();
+        assert_eq!(
+            (head.method.as_str(), head.path.as_str()),
+            ("POST", "/upload")
+        );
+        assert!(parse_request_line(b"POST /upl", false).is_none());
+    }
+
+    #[test]
+    fn response_lengths() {
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 48889\r\n\r\n";
+        let Parsed::Complete(head) = parse_response(ok, "GET") else {
+            panic!("not parsed");
+        };
+        assert_eq!(head.status, 200);
+        assert_eq!(head.total_len(), Some(ok.len() as u64 + 48889));
+        let Parsed::Complete(head) = parse_response(ok, "HEAD") else {
+            panic!("not parsed");
+        };
+        assert_eq!(head.body, BodyLength::None);
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let Parsed::Complete(head) = parse_response(chunked, "GET") else {
+            panic!("not parsed");
+        };
+        assert_eq!(head.body, BodyLength::Unknown);
+        assert_eq!(
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: -3\r\n\r\n", "GET"),
+            Parsed::Invalid
+        );
+        assert_eq!(parse_response(b"HTTP/1.1 2", "GET"), Parsed::Partial);
+    }
+}

@@ -1,0 +1,38 @@
+//! What the programs need to find a syscall's user buffer on this
+//! architecture: the `struct pt_regs` members holding the syscall number and
+//! second argument (offsets from BTF) and the syscall numbers (from libc).
+use tracer_common::SyscallAbi;
+
+use super::btf::{Btf, BtfError};
+
+#[cfg(target_arch = "x86_64")]
+const REGS_SYSCALL_NR: &str = "orig_ax";
+#[cfg(target_arch = "x86_64")]
+const REGS_ARG1: &str = "si";
+
+#[cfg(target_arch = "x86_64")]
+pub fn syscall_abi(btf: &Btf) -> Result<SyscallAbi, BtfError> {
+    let nr = |n: libc::c_long| n as i32;
+    Ok(SyscallAbi {
+        regs_syscall_nr: btf.member_offset("pt_regs", REGS_SYSCALL_NR)?,
+        regs_arg1: btf.member_offset("pt_regs", REGS_ARG1)?,
+        plain_buffer: [
+            nr(libc::SYS_read),
+            nr(libc::SYS_write),
+            nr(libc::SYS_recvfrom),
+            nr(libc::SYS_sendto),
+            nr(libc::SYS_pread64),
+            nr(libc::SYS_pwrite64),
+        ],
+        iovec: [
+            nr(libc::SYS_readv),
+            nr(libc::SYS_writev),
+            nr(libc::SYS_preadv),
+            nr(libc::SYS_pwritev),
+        ],
+        msghdr: [nr(libc::SYS_recvmsg), nr(libc::SYS_sendmsg)],
+    })
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+compile_error!("the tracer finds syscall buffers through x86_64 pt_regs; port abi.rs first");

@@ -1,0 +1,169 @@
+//! A small reader for the kernel's BTF (`/sys/kernel/btf/vmlinux`): just
+//! enough to find the byte offset of a struct member, so that no kernel
+//! struct offset is ever assumed. Format: Documentation/bpf/btf.rst.
+use std::{collections::HashMap, path::Path};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error(
+        "cannot read kernel BTF at {path}: {source} (this kernel was built without CONFIG_DEBUG_INFO_BTF)"
+    )]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("kernel BTF is malformed: {0}")]
+    Malformed(&'static str),
+    #[error("kernel BTF has no struct {0}")]
+    NoStruct(String),
+    #[error("kernel BTF struct {structure} has no member {member}")]
+    NoMember { structure: String, member: String },
+}
+
+const MAGIC: u16 = 0xeb9f;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+
+/// Member offsets of every named struct, in bytes.
+pub struct Btf {
+    structs: HashMap<String, HashMap<String, u32>>,
+}
+
+impl Btf {
+    pub fn from_sys_fs() -> Result<Self, BtfError> {
+        Self::from_file(Path::new("/sys/kernel/btf/vmlinux"))
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, BtfError> {
+        let bytes = std::fs::read(path).map_err(|source| BtfError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&bytes)
+    }
+
+    pub fn parse(bytes: &[u8]) -> Result<Self, BtfError> {
+        let reader = Reader { bytes };
+        if reader.u16(0)? != MAGIC {
+            return Err(BtfError::Malformed("bad magic (not little-endian BTF)"));
+        }
+        let header_len = reader.u32(4)? as usize;
+        let types_start = header_len + reader.u32(8)? as usize;
+        let types_end = types_start + reader.u32(12)? as usize;
+        let strings_start = header_len + reader.u32(16)? as usize;
+        let strings_end = strings_start + reader.u32(20)? as usize;
+        let strings = bytes
+            .get(strings_start..strings_end)
+            .ok_or(BtfError::Malformed("string section out of bounds"))?;
+        let name = |offset: u32| -> &str {
+            let tail = strings.get(offset as usize..).unwrap_or_default();
+            let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
+            std::str::from_utf8(&tail[..end]).unwrap_or_default()
+        };
+
+        let mut structs = HashMap::new();
+        let mut at = types_start;
+        while at < types_end {
+            let name_off = reader.u32(at)?;
+            let info = reader.u32(at + 4)?;
+            let kind = (info >> 24) & 0x1f;
+            let vlen = (info & 0xffff) as usize;
+            let bitfield_offsets = info >> 31 == 1;
+            at += 12;
+            if kind == KIND_STRUCT || kind == KIND_UNION {
+                let mut members = HashMap::with_capacity(vlen);
+                for i in 0..vlen {
+                    let member = at + i * 12;
+                    let raw_offset = reader.u32(member + 8)?;
+                    let bits = if bitfield_offsets {
+                        raw_offset & 0x00ff_ffff
+                    } else {
+                        raw_offset
+                    };
+                    members.insert(name(reader.u32(member)?).to_owned(), bits / 8);
+                }
+                let struct_name = name(name_off);
+                if kind == KIND_STRUCT && !struct_name.is_empty() {
+                    structs.entry(struct_name.to_owned()).or_insert(members);
+                }
+            }
+            at += trailing_len(kind, vlen)?;
+        }
+        Ok(Self { structs })
+    }
+
+    /// Byte offset of `member` in `struct structure`.
+    pub fn member_offset(&self, structure: &str, member: &str) -> Result<u32, BtfError> {
+        let members = self
+            .structs
+            .get(structure)
+            .ok_or_else(|| BtfError::NoStruct(structure.to_owned()))?;
+        members
+            .get(member)
+            .copied()
+            .ok_or_else(|| BtfError::NoMember {
+                structure: structure.to_owned(),
+                member: member.to_owned(),
+            })
+    }
+}
+
+/// Bytes that follow the common 12-byte type record, by kind.
+fn trailing_len(kind: u32, vlen: usize) -> Result<usize, BtfError> {
+    Ok(match kind {
+        1 | 14 | 17 => 4,                            // INT, VAR, DECL_TAG
+        2 | 7 | 8 | 9 | 10 | 11 | 12 | 16 | 18 => 0, // PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC, FLOAT, TYPE_TAG
+        3 => 12,                                     // ARRAY
+        4 | 5 | 15 | 19 => 12 * vlen,                // STRUCT, UNION, DATASEC, ENUM64
+        6 | 13 => 8 * vlen,                          // ENUM, FUNC_PROTO
+        _ => return Err(BtfError::Malformed("unknown type kind")),
+    })
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl Reader<'_> {
+    fn u16(&self, at: usize) -> Result<u16, BtfError> {
+        self.array(at).map(u16::from_le_bytes)
+    }
+
+    fn u32(&self, at: usize) -> Result<u32, BtfError> {
+        self.array(at).map(u32::from_le_bytes)
+    }
+
+    fn array<const N: usize>(&self, at: usize) -> Result<[u8; N], BtfError> {
+        self.bytes
+            .get(at..at + N)
+            .and_then(|slice| slice.try_into().ok())
+            .ok_or(BtfError::Malformed("truncated"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(matches!(Btf::parse(b"nope"), Err(BtfError::Malformed(_))));
+        assert!(matches!(
+            Btf::parse(&[0u8; 64]),
+            Err(BtfError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn reads_the_running_kernel() {
+        let Ok(btf) = Btf::from_sys_fs() else {
+            eprintln!("skipped: this kernel exposes no BTF");
+            return;
+        };
+        // `struct list_head { next; prev; }` is the same on every kernel.
+        assert_eq!(btf.member_offset("list_head", "next").unwrap(), 0);
+        assert_eq!(btf.member_offset("list_head", "prev").unwrap(), 8);
+        assert!(btf.member_offset("list_head", "nope").is_err());
+    }
+}

@@ -1,0 +1,137 @@
+//! The traced process tree as `/proc` shows it: descendants of the given
+//! pids at start-up (later forks are followed in the kernel), liveness, and
+//! the TCP ports the tree listens on.
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    fs,
+};
+
+/// `pid` and every process below it.
+pub fn tree_of(roots: &[u32]) -> BTreeSet<u32> {
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for pid in all_pids() {
+        if let Some(parent) = parent_of(pid) {
+            children.entry(parent).or_default().push(pid);
+        }
+    }
+    let mut tree = BTreeSet::new();
+    let mut queue: Vec<u32> = roots.to_vec();
+    while let Some(pid) = queue.pop() {
+        if tree.insert(pid) {
+            queue.extend(children.get(&pid).into_iter().flatten());
+        }
+    }
+    tree
+}
+
+pub fn is_alive(pid: u32) -> bool {
+    // A zombie has exited: it serves nothing.
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .is_some_and(|zombie| !zombie)
+}
+
+/// The executable's name, for a default service name.
+pub fn command_name(pid: u32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|name| name.trim().to_owned())
+}
+
+fn all_pids() -> impl Iterator<Item = u32> {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: parse after the last ')'.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Local ports of TCP sockets in LISTEN state held by any of `pids`.
+pub fn listening_ports(pids: &BTreeSet<u32>) -> BTreeSet<u16> {
+    let mut inodes = HashSet::new();
+    // Reading /proc/<pid>/net/tcp walks the namespace's whole socket table
+    // (milliseconds on a busy host): read it once per network namespace.
+    let mut namespaces = HashMap::new();
+    for pid in pids {
+        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Some(inode) = fs::read_link(fd.path())
+                .ok()
+                .and_then(|target| socket_inode(&target.to_string_lossy()))
+            {
+                inodes.insert(inode);
+            }
+        }
+        if let Ok(namespace) = fs::metadata(format!("/proc/{pid}/ns/net")) {
+            use std::os::unix::fs::MetadataExt as _;
+            namespaces.entry(namespace.ino()).or_insert(*pid);
+        }
+    }
+    let mut ports = BTreeSet::new();
+    for pid in namespaces.into_values() {
+        for table in ["tcp", "tcp6"] {
+            if let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{table}")) {
+                ports.extend(listening_in_table(&text, &inodes));
+            }
+        }
+    }
+    ports
+}
+
+fn socket_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// Parses `/proc/net/tcp` lines: `sl local rem st ... uid timeout inode`.
+fn listening_in_table(text: &str, inodes: &HashSet<u64>) -> Vec<u16> {
+    const LISTEN: &str = "0A";
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
+            if *state != LISTEN || !inodes.contains(&inode.parse().ok()?) {
+                return None;
+            }
+            u16::from_str_radix(local.rsplit_once(':')?.1, 16).ok()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_this_process_and_its_listener() {
+        let me = std::process::id();
+        assert!(is_alive(me));
+        assert!(tree_of(&[me]).contains(&me));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert!(listening_ports(&BTreeSet::from([me])).contains(&port));
+    }
+
+    #[test]
+    fn parses_a_tcp_table() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1 0 100 0 0 10 0\n   1: 0100007F:1F91 0100007F:A000 01 00000000:00000000 00:00000000 00000000     0        0 12346 1 0 100 0 0 10 0\n";
+        let inodes = HashSet::from([12345, 12346]);
+        assert_eq!(listening_in_table(text, &inodes), vec![8080]);
+        assert!(listening_in_table(text, &HashSet::new()).is_empty());
+    }
+}

@@ -1,0 +1,6 @@
+//! From completed requests to what leaves the host: OTLP spans and metrics,
+//! and JSON lines for debugging.
+pub mod clock;
+pub mod exporter;
+pub mod json;
+pub mod spans;
