@@ -4,7 +4,9 @@
 //! and writes its report.
 
 pub mod affinity;
+pub mod app;
 pub mod clock;
+pub mod cpu;
 pub mod http1;
 pub mod latency;
 pub mod loadgen;
