@@ -1,1 +1,98 @@
-fn main() {}
+//! `cargo xtask <command>`: every command a user or CI runs. Each one first
+//! makes sure the machine has what it needs (`setup`, idempotent).
+mod exec;
+mod setup;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Project tasks: setup, build, run, test, bench")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what is missing: rust-src, LLVM 22, bpf-linker, the Python venv, bench tools.
+    Setup,
+    /// Build the tracer (release) with its kernel programs.
+    Build,
+    /// Build, then run the tracer as root with these arguments.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Unit tests, then the root integration tests that load the real programs.
+    Test,
+    /// Reproduce the published experiment (see `cargo xtask bench -- --help`).
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    let root = workspace_root();
+    setup::ensure(&root)?;
+    match command {
+        Command::Setup => Ok(()),
+        Command::Build => build(&root).map(|_| ()),
+        Command::Run { args } => {
+            let tracer = build(&root)?;
+            exec::run(exec::command(&tracer).args(args))
+        }
+        Command::Test => test(&root),
+        Command::Bench { args } => {
+            let tracer = build(&root)?;
+            exec::run(
+                exec::cargo(&root)
+                    .args(["run", "--release", "-p", "harness", "--bin", "harness", "--", "bench"])
+                    .arg("--tracer")
+                    .arg(&tracer)
+                    .args(args),
+            )
+        }
+    }
+}
+
+/// Builds the release tracer and returns its path.
+fn build(root: &std::path::Path) -> Result<PathBuf> {
+    exec::run(exec::cargo(root).args(["build", "--release", "-p", "tracer"]))?;
+    Ok(root.join("target/release/tracer"))
+}
+
+fn test(root: &std::path::Path) -> Result<()> {
+    let tracer = build(root)?;
+    // Unit tests of every crate (no root needed, but root is fine).
+    exec::run(exec::cargo(root).args(["test", "--workspace", "--exclude", "tracer-ebpf", "--lib", "--bins"]))?;
+    // Integration tests: real gunicorn, the real programs in the real kernel,
+    // one at a time (they share the kernel's tracepoints and the CPU).
+    exec::run(
+        exec::cargo(root)
+            .args(["test", "--release", "-p", "harness", "--tests", "--", "--test-threads=1"])
+            .env("TRACER_BIN", &tracer)
+            .env("HARNESS_VENV", root.join(".venv")),
+    )
+}
+
+fn workspace_root() -> PathBuf {
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or(manifest_dir)
+}

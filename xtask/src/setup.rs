@@ -1,0 +1,100 @@
+//! Idempotent machine setup, each step skipped when already done:
+//! the verified toolchain recipe of DESIGN.md and the Python venv.
+use std::{fs, path::Path};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::exec::{self, command, output};
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+/// Debian packages: LLVM 22 for bpf-linker; nginx and wrk for the collateral-cost bench.
+const APT_PACKAGES: [&str; 6] = [
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "nginx-light",
+    "wrk",
+];
+
+pub fn ensure(root: &Path) -> Result<()> {
+    rust_src()?;
+    apt_packages()?;
+    bpf_linker()?;
+    venv(root)
+}
+
+fn rust_src() -> Result<()> {
+    let installed = output(command("rustup").args(["component", "list", "--installed"])).unwrap_or_default();
+    if installed.lines().any(|line| line.starts_with("rust-src")) {
+        return Ok(());
+    }
+    exec::run(command("rustup").args(["component", "add", "rust-src"]))
+}
+
+fn apt_packages() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .into_iter()
+        .filter(|package| {
+            output(command("dpkg-query").args(["-W", "-f=${Status}", package]))
+                .is_none_or(|status| !status.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("missing Debian packages {missing:?}: run `sudo cargo xtask setup` (or install them)");
+    }
+    eprintln!("xtask: installing {missing:?}");
+    exec::run(command("apt-get").args(["update", "-qq"]))?;
+    exec::run(
+        command("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn bpf_linker() -> Result<()> {
+    let version = output(command("bpf-linker").arg("--version")).unwrap_or_default();
+    if version.contains(BPF_LINKER_VERSION) {
+        return Ok(());
+    }
+    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (a few minutes)");
+    exec::run(
+        command("cargo")
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX)
+            .env(
+                "RUSTFLAGS",
+                format!("-L {LLVM_PREFIX}/lib -C link-args=-Wl,-rpath,{LLVM_PREFIX}/lib"),
+            ),
+    )
+}
+
+/// `.venv` with the pinned requirements; redone when the requirements change.
+fn venv(root: &Path) -> Result<()> {
+    let venv = root.join(".venv");
+    let requirements = root.join("harness/app/requirements.txt");
+    let wanted = fs::read_to_string(&requirements)
+        .with_context(|| format!("reading {}", requirements.display()))?;
+    let stamp = venv.join(".requirements");
+    if fs::read_to_string(&stamp).is_ok_and(|have| have == wanted) {
+        return Ok(());
+    }
+    eprintln!("xtask: creating the Python venv in {}", venv.display());
+    exec::run(command("python3").args(["-m", "venv"]).arg(&venv))?;
+    exec::run(
+        command(venv.join("bin/pip"))
+            .args(["install", "-q", "--disable-pip-version-check", "-r"])
+            .arg(&requirements),
+    )?;
+    fs::write(&stamp, wanted).with_context(|| format!("writing {}", stamp.display()))
+}
+
+fn is_root() -> bool {
+    output(command("id").arg("-u")).is_some_and(|uid| uid.trim() == "0")
+}
