@@ -307,3 +307,310 @@ impl Connection {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const SOCK: u64 = 0xffff_8880_0000_1000;
+
+    fn open(assembler: &mut Assembler, established_ns: Option<u64>) {
+        let meta = ConnMeta {
+            family: tracer_common::AF_INET,
+            local_port: 8000,
+            peer_port: 50000,
+            _pad: 0,
+            peer_addr: [0; 16],
+        };
+        let event = Event::ConnOpen {
+            tgid: 9,
+            sock: SOCK,
+            established_ns,
+            meta,
+        };
+        assembler.handle(&event, &mut Vec::new());
+    }
+
+    /// Feeds one read or write; `captured` bytes of `bytes` reach the tracer.
+    fn io(
+        assembler: &mut Assembler,
+        direction: Direction,
+        at: u64,
+        bytes: &[u8],
+        captured: usize,
+    ) -> Vec<CompletedRequest> {
+        let mut done = Vec::new();
+        let data = Data {
+            tgid: 9,
+            timestamp_ns: at,
+            sock: SOCK,
+            direction,
+            bytes: bytes.len() as u32,
+            payload: &bytes[..captured.min(bytes.len())],
+        };
+        assembler.handle(&Event::Data(data), &mut done);
+        done
+    }
+
+    fn request(assembler: &mut Assembler, at: u64, bytes: &[u8]) -> Vec<CompletedRequest> {
+        io(assembler, Direction::Recv, at, bytes, bytes.len())
+    }
+
+    fn response_head(assembler: &mut Assembler, at: u64, head: &[u8]) -> Vec<CompletedRequest> {
+        io(assembler, Direction::Send, at, head, head.len())
+    }
+
+    fn body(assembler: &mut Assembler, at: u64, len: usize) -> Vec<CompletedRequest> {
+        io(assembler, Direction::Send, at, &vec![b'x'; len], 0)
+    }
+
+    fn close(assembler: &mut Assembler) -> Vec<CompletedRequest> {
+        let mut done = Vec::new();
+        assembler.handle(
+            &Event::ConnClose {
+                sock: SOCK,
+                timestamp_ns: 0,
+            },
+            &mut done,
+        );
+        done
+    }
+
+    #[test]
+    fn one_request_from_handshake_to_last_byte() {
+        let mut assembler = Assembler::new(false);
+        open(&mut assembler, Some(100));
+        assert!(
+            request(
+                &mut assembler,
+                200,
+                b"GET /work?token=1 HTTP/1.1\r\nHost: a\r\n\r\n"
+            )
+            .is_empty()
+        );
+        assert!(
+            response_head(
+                &mut assembler,
+                300,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"
+            )
+            .is_empty()
+        );
+        let done = body(&mut assembler, 400, 10);
+        assert_eq!(done.len(), 1);
+        let span = &done[0];
+        assert_eq!(
+            (span.request.method.as_str(), span.request.path.as_str()),
+            ("GET", "/work")
+        );
+        assert_eq!(
+            (span.start_ns, span.first_read_ns, span.end_ns),
+            (100, 200, 400)
+        );
+        assert_eq!(span.status, 200);
+        assert!(close(&mut assembler).is_empty());
+        assert_eq!(assembler.counters, AssemblyCounters::default());
+    }
+
+    #[test]
+    fn request_line_split_across_reads() {
+        let mut assembler = Assembler::new(false);
+        open(&mut assembler, None);
+        request(&mut assembler, 10, b"GE");
+        request(&mut assembler, 20, b"T /split HT");
+        request(&mut assembler, 30, b"TP/1.0\r\n\r\n");
+        let done = response_head(&mut assembler, 40, b"HTTP/1.0 204 No Content\r\n\r\n");
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].request.path, "/split");
+        assert_eq!(done[0].request.minor_version, 0);
+        assert_eq!((done[0].start_ns, done[0].end_ns), (10, 40));
+    }
+
+    #[test]
+    fn keep_alive_requests_start_at_their_first_read() {
+        let mut assembler = Assembler::new(false);
+        open(&mut assembler, Some(5));
+        let mut done = Vec::new();
+        for (i, path) in ["/a", "/b", "/c"].iter().enumerate() {
+            let t = 100 * (i as u64 + 1);
+            request(
+                &mut assembler,
+                t,
+                format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes(),
+            );
+            done.extend(response_head(
+                &mut assembler,
+                t + 50,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            ));
+        }
+        let paths: Vec<&str> = done.iter().map(|d| d.request.path.as_str()).collect();
+        assert_eq!(paths, ["/a", "/b", "/c"]);
+        assert_eq!(
+            done[0].start_ns, 5,
+            "the first request waited from the handshake"
+        );
+        assert_eq!(done[1].start_ns, 200);
+    }
+
+    #[test]
+    fn response_of_unknown_length_ends_with_the_connection() {
+        let mut assembler = Assembler::new(false);
+        open(&mut assembler, None);
+        request(&mut assembler, 1, b"GET /stream HTTP/1.1\r\n\r\n");
+        response_head(
+            &mut assembler,
+            2,
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        body(&mut assembler, 3, 100);
+        body(&mut assembler, 7, 5);
+        let done = close(&mut assembler);
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].end_ns, 7);
+    }
+
+    #[test]
+    fn idle_unknown_length_response_is_finished_by_sweep() {
+        let mut assembler = Assembler::new(false);
+        open(&mut assembler, None);
+        request(&mut assembler, 1, b"GET / HTTP/1.0\r\n\r\n");
+        response_head(&mut assembler, 2, b"HTTP/1.0 200 OK\r\n\r\n");
+        let mut done = Vec::new();
+        assembler.sweep(1, 0, &mut done);
+        assert!(done.is_empty(), "not idle yet");
+        assembler.sweep(10, 0, &mut done);
+        assert_eq!(done.len(), 1);
+        assert_eq!(assembler.open_connections(), 1);
+        assembler.sweep(10, 10, &mut done);
+        assert_eq!(assembler.open_connections(), 0);
+    }
+
+    #[test]
+    fn no_span_without_a_response() {
+        let mut assembler = Assembler::new(false);
+        open(&mut assembler, None);
+        request(
+            &mut assembler,
+            1,
+            b"POST /upload HTTP/1.1\r\nContent-Length: 5\r\n\r\n",
+        );
+        assert!(close(&mut assembler).is_empty());
+        assert_eq!(assembler.counters.requests_without_response, 1);
+    }
+
+    #[test]
+    fn garbage_is_counted_not_traced() {
+        let mut assembler = Assembler::new(false);
+        open(&mut assembler, None);
+        request(&mut assembler, 1, b"GET /\x00\x01 HTTP/9\r\n\r\n");
+        assert_eq!(assembler.counters.unparseable_requests, 1);
+        response_head(&mut assembler, 2, b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        assert_eq!(assembler.counters.responses_without_request, 1);
+        assert!(close(&mut assembler).is_empty());
+    }
+
+    #[test]
+    fn a_head_cut_by_the_capture_still_gives_its_request_line() {
+        let mut assembler = Assembler::new(false);
+        open(&mut assembler, None);
+        let mut head = b"GET /big HTTP/1.1\r\nX-Pad: ".to_vec();
+        head.extend(vec![b'a'; 9000]);
+        head.extend(b"\r\n\r\n");
+        io(
+            &mut assembler,
+            Direction::Recv,
+            1,
+            &head,
+            tracer_common::CAPTURE_LEN,
+        );
+        let done = response_head(
+            &mut assembler,
+            2,
+            b"HTTP/1.1 431 Too Large\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].request.path, "/big");
+        assert_eq!(done[0].status, 431);
+    }
+
+    fn exchange_bytes(path: &str) -> (Vec<u8>, Vec<u8>) {
+        (
+            format!("GET {path}?q=1 HTTP/1.1\r\nHost: x\r\nUser-Agent: t\r\n\r\n").into_bytes(),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc".to_vec(),
+        )
+    }
+
+    /// Splits `bytes` at the given cut points (taken modulo its length).
+    fn chunks(bytes: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+        let mut points: Vec<usize> = cuts
+            .iter()
+            .map(|c| c % bytes.len())
+            .filter(|&c| c > 0)
+            .collect();
+        points.sort_unstable();
+        points.dedup();
+        let mut out = Vec::new();
+        let mut start = 0;
+        for point in points.into_iter().chain([bytes.len()]) {
+            out.push(bytes[start..point].to_vec());
+            start = point;
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn any_split_of_valid_traffic_gives_exactly_one_span(
+            request_cuts in proptest::collection::vec(0usize..200, 0..6),
+            response_cuts in proptest::collection::vec(0usize..200, 0..6),
+            requests in 1usize..4,
+        ) {
+            let mut assembler = Assembler::new(false);
+            open(&mut assembler, Some(1));
+            let mut done = Vec::new();
+            let mut t = 10;
+            for i in 0..requests {
+                let (req, resp) = exchange_bytes(&format!("/p{i}"));
+                for chunk in chunks(&req, &request_cuts) {
+                    t += 1;
+                    done.extend(request(&mut assembler, t, &chunk));
+                }
+                let head_len = resp.len() - 3;
+                let mut offset = 0;
+                for chunk in chunks(&resp, &response_cuts) {
+                    t += 1;
+                    // The kernel copies header bytes only, never the body.
+                    let captured = head_len.saturating_sub(offset).min(chunk.len());
+                    offset += chunk.len();
+                    done.extend(io(&mut assembler, Direction::Send, t, &chunk, captured));
+                }
+            }
+            done.extend(close(&mut assembler));
+            prop_assert_eq!(done.len(), requests);
+            for (i, span) in done.iter().enumerate() {
+                prop_assert_eq!(&span.request.path, &format!("/p{i}"));
+                prop_assert_eq!(span.status, 200);
+                prop_assert!(span.start_ns <= span.first_read_ns && span.first_read_ns <= span.end_ns);
+            }
+            prop_assert_eq!(assembler.counters, AssemblyCounters::default());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_nor_invent_spans(
+            reads in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..600), 0..8),
+        ) {
+            let mut assembler = Assembler::new(false);
+            open(&mut assembler, None);
+            let mut done = Vec::new();
+            for (i, bytes) in reads.iter().enumerate() {
+                let direction = if i % 2 == 0 { Direction::Recv } else { Direction::Send };
+                done.extend(io(&mut assembler, direction, i as u64, bytes, bytes.len().min(tracer_common::CAPTURE_LEN)));
+            }
+            done.extend(close(&mut assembler));
+            prop_assert!(done.is_empty());
+        }
+    }
+}

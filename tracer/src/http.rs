@@ -152,7 +152,7 @@ mod tests {
         assert_eq!(head.method, "GET");
         assert_eq!(head.path, "/work");
         assert_eq!(head.minor_version, 1);
-        assert_eq!(head.head_len, 42);
+        assert_eq!(head.head_len, 43);
         let Parsed::Complete(kept) = parse_request(b"GET /a?b=c HTTP/1.0\r\n\r\n", true) else {
             panic!("not parsed");
         };
