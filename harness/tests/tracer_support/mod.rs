@@ -1,0 +1,211 @@
+//! Shared pieces of the tracer's root integration tests: the real Flask app
+//! under real gunicorn, the real tracer binary attached to it, the harness's
+//! real OTLP/gRPC sink, and a small blocking HTTP client that times each
+//! request as the client saw it.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use harness::{
+    app::{App, AppOptions, Config, WorkerClass},
+    sink::{ReceivedSpan, Sink},
+};
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+pub fn tracer_bin() -> PathBuf {
+    std::env::var_os("TRACER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/release/tracer"))
+}
+
+/// gunicorn serving the Flask app, untraced by the harness itself.
+pub async fn start_app(worker_class: WorkerClass, extra_args: &[&str]) -> App {
+    let root = workspace_root();
+    let mut options = AppOptions::new(
+        Config::Bare,
+        root.join("harness/app"),
+        root.join(".venv"),
+        String::new(),
+    );
+    options.worker_class = worker_class;
+    options.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
+    App::start(&options).await.expect("gunicorn starts")
+}
+
+pub async fn start_sink() -> Sink {
+    let loopback: SocketAddr = "127.0.0.1:0".parse().expect("address");
+    Sink::start(loopback, loopback).await.expect("sink starts")
+}
+
+/// The tracer binary, attached to `pid`, exporting to `sink`.
+pub struct Tracer {
+    child: Child,
+    pub stderr: mpsc::Receiver<String>,
+}
+
+impl Tracer {
+    pub fn start(pid: u32, sink: &Sink, service: &str) -> Tracer {
+        let mut child = Command::new(tracer_bin())
+            .args(["--pid", &pid.to_string(), "--service-name", service])
+            .args(["--otlp-endpoint", &format!("http://{}", sink.grpc_addr())])
+            .args(["--stats-interval", "1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tracer spawns (build it with `cargo xtask build`)");
+        let (lines, stderr) = mpsc::channel();
+        let pipe = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                eprintln!("[tracer] {line}");
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let tracer = Tracer { child, stderr };
+        tracer.wait_for_line("tracing ", Duration::from_secs(60));
+        tracer
+    }
+
+    /// Waits until the tracer logs a line containing `needle`.
+    pub fn wait_for_line(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("the tracer did not log {needle:?} within {timeout:?}"),
+            }
+        }
+    }
+
+    /// SIGTERM, then the exit status: the tracer must flush and exit 0.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        // SAFETY: signals our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().expect("tracer exits")
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the client saw of one request.
+#[derive(Clone, Debug)]
+pub struct Sent {
+    pub method: &'static str,
+    pub path: String,
+    pub status: u16,
+    pub client_port: u16,
+    pub started_unix_ns: u64,
+    pub latency_ns: u64,
+}
+
+pub fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos() as u64
+}
+
+/// One request on a new connection, timed from before `connect` to the last
+/// response byte, as the client sees it.
+pub fn request(addr: SocketAddr, method: &'static str, target: &str, body: &[u8]) -> Sent {
+    let started_unix_ns = unix_ns();
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    let client_port = stream.local_addr().expect("local address").port();
+    let head = format!(
+        "{method} {target} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).expect("send head");
+    stream.write_all(body).expect("send body");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("read response");
+    let latency_ns = started.elapsed().as_nanos() as u64;
+    Sent {
+        method,
+        path: target.split('?').next().unwrap_or(target).to_owned(),
+        status: status_of(&response),
+        client_port,
+        started_unix_ns,
+        latency_ns,
+    }
+}
+
+pub fn status_of(response: &[u8]) -> u16 {
+    std::str::from_utf8(response.get(9..12).unwrap_or_default())
+        .ok()
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Server spans of `service`.
+pub fn server_spans(sink: &Sink, service: &str) -> Vec<ReceivedSpan> {
+    sink.spans()
+        .into_iter()
+        .filter(|span| span.service == service && span.kind == "SERVER")
+        .collect()
+}
+
+pub fn attr_str<'a>(span: &'a ReceivedSpan, key: &str) -> &'a str {
+    span.attributes
+        .get(key)
+        .and_then(|value| value.as_str())
+        .unwrap_or_else(|| panic!("span {} has no string attribute {key}", span.name))
+}
+
+pub fn attr_i64(span: &ReceivedSpan, key: &str) -> i64 {
+    span.attributes
+        .get(key)
+        .and_then(|value| value.as_i64())
+        .unwrap_or_else(|| panic!("span {} has no int attribute {key}", span.name))
+}
+
+/// The latest value of the tracer's `tracer.dropped` counter for `reason`.
+pub fn dropped(sink: &Sink, reason: &str) -> f64 {
+    sink.metrics()
+        .iter()
+        .filter(|metric| metric.name == "tracer.dropped")
+        .flat_map(|metric| metric.points.iter())
+        .filter(|point| point.attributes.get("reason").and_then(|r| r.as_str()) == Some(reason))
+        .max_by_key(|point| point.time_unix_ns)
+        .and_then(|point| point.value)
+        .unwrap_or(0.0)
+}
+
+/// Polls `probe` until it holds or `timeout` passes.
+pub async fn eventually(timeout: Duration, mut probe: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if probe() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    probe()
+}
+
+pub fn keep_alive_class() -> WorkerClass {
+    WorkerClass::Gthread { threads: 4 }
+}
