@@ -5,10 +5,14 @@
 
 pub mod affinity;
 pub mod app;
+pub mod bench;
 pub mod clock;
 pub mod cpu;
 pub mod http1;
 pub mod latency;
 pub mod loadgen;
+pub mod plot;
+pub mod report;
+pub mod setup;
 pub mod sink;
 pub mod testserver;
