@@ -172,7 +172,9 @@ impl Assembler {
 
     fn finish_connection(&mut self, mut connection: Connection, done: &mut Vec<CompletedRequest>) {
         connection.finish_answered(done);
-        self.counters.requests_without_response += connection.exchanges.len() as u64;
+        // Requests never answered, and a request cut off before its head ended.
+        let unanswered = connection.exchanges.len() + usize::from(!connection.inbound.is_empty());
+        self.counters.requests_without_response += unanswered as u64;
     }
 }
 

@@ -1,0 +1,334 @@
+//! `tracer-cost`: the tracer's own figures (issue "tracer: trace every HTTP
+//! request"): spans received per request sent, the tracer's CPU per request
+//! (its process plus its kernel programs), and the collateral cost on
+//! processes it does not trace: the null-syscall time of an untraced
+//! process, and the throughput of an untraced nginx under wrk, each paired
+//! with and without the tracer, interleaved, medians reported.
+//!
+//! `cargo run --release -p harness --bin tracer-cost -- --tracer target/release/tracer`
+use std::{
+    fmt::Write as _,
+    fs,
+    io::Read as _,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Parser;
+use harness::{
+    affinity::pin_current_thread,
+    app::{App, AppOptions, Config},
+    cpu::{BpfStatsGuard, bpf_prog_stats, read_stat},
+    loadgen::{self, LoadConfig},
+    sink::Sink,
+};
+
+#[derive(Parser)]
+struct Args {
+    /// The tracer binary.
+    #[arg(long, default_value = "target/release/tracer")]
+    tracer: PathBuf,
+    /// Seconds per load point.
+    #[arg(long, default_value_t = 20)]
+    duration: u64,
+    /// With/without pairs for the collateral measurements.
+    #[arg(long, default_value_t = 7)]
+    pairs: usize,
+    /// Also write the report here (markdown).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    pin_current_thread(1).context("pinning to core 1")?;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let tracer_bin = fs::canonicalize(&args.tracer)
+        .with_context(|| format!("tracer binary {}", args.tracer.display()))?;
+    let loopback: SocketAddr = "127.0.0.1:0".parse()?;
+    let sink = Sink::start(loopback, loopback).await?;
+    let endpoint = format!("http://{}", sink.grpc_addr());
+    let options = AppOptions::new(
+        Config::Bare,
+        root.join("harness/app"),
+        root.join(".venv"),
+        endpoint.clone(),
+    );
+    let app = App::start(&options).await?;
+    let _stats = BpfStatsGuard::enable()?;
+    let mut report = String::from("# Tracer cost\n\n");
+
+    writeln!(report, "## Spans and CPU per request\n")?;
+    writeln!(
+        report,
+        "| endpoint | rate (req/s) | responses | spans | spans / responses | tracer user+sys µs/req | BPF programs µs/req | total µs/req |"
+    )?;
+    writeln!(report, "|---|---|---|---|---|---|---|---|")?;
+    for (path, rate) in [("/work", 250.0), ("/light", 1000.0)] {
+        let tracer = TracerProcess::start(&tracer_bin, app.master_pid(), &endpoint)?;
+        sink.clear();
+        let cpu_before = read_stat(tracer.pid())?.cpu_ticks;
+        let bpf_before = bpf_prog_stats(tracer.pid())?;
+        let mut load = LoadConfig::get(app.addr(), path, rate, Duration::from_secs(args.duration));
+        load.connections = 20;
+        let result = loadgen::run(load).await?;
+        let responses = result.counts.responses();
+        sink.wait_for_spans(responses * 3, Duration::from_secs(15))
+            .await;
+        let bpf = bpf_prog_stats(tracer.pid())?.since(&bpf_before);
+        let cpu_ticks = read_stat(tracer.pid())?.cpu_ticks - cpu_before;
+        let spans = sink.count_spans(|s| s.kind == "SERVER");
+        let user_us = cpu_ticks as f64 * 1e6 / ticks_per_second() / responses as f64;
+        let bpf_us = bpf.run_time_ns as f64 / 1e3 / responses as f64;
+        writeln!(
+            report,
+            "| {path} | {rate} | {responses} | {spans} | {:.3} | {user_us:.1} | {bpf_us:.2} | {:.1} |",
+            spans as f64 / responses as f64,
+            user_us + bpf_us
+        )?;
+        drop(tracer);
+    }
+
+    writeln!(
+        report,
+        "\n## Collateral cost on untraced processes ({} interleaved pairs, medians)\n",
+        args.pairs
+    )?;
+    let nginx = Nginx::start()?;
+    let mut syscall = Paired::default();
+    let mut throughput = Paired::default();
+    let mut nginx_cpu = Paired::default();
+    for pair in 0..args.pairs {
+        // Alternate which side goes first, so drift does not favour one.
+        for with_tracer in if pair % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        } {
+            let tracer = with_tracer
+                .then(|| TracerProcess::start(&tracer_bin, app.master_pid(), &endpoint))
+                .transpose()?;
+            syscall.push(with_tracer, null_read_ns(2_000_000)?);
+            let (rps, cpu_us) = nginx.measure()?;
+            throughput.push(with_tracer, rps);
+            nginx_cpu.push(with_tracer, cpu_us);
+            drop(tracer);
+        }
+    }
+    writeln!(
+        report,
+        "| measure | without tracer | with tracer | change |"
+    )?;
+    writeln!(report, "|---|---|---|---|")?;
+    syscall.row(&mut report, "null `read` of an untraced process (ns/call)")?;
+    throughput.row(&mut report, "untraced nginx under wrk (requests/s)")?;
+    nginx_cpu.row(&mut report, "untraced nginx CPU (µs/request)")?;
+    print!("{report}");
+    if let Some(out) = args.out {
+        fs::write(&out, &report).with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(())
+}
+
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+/// The tracer binary attached to a pid, pinned to core 1, ready when it says so.
+struct TracerProcess(Child);
+
+impl TracerProcess {
+    fn start(bin: &Path, pid: u32, endpoint: &str) -> Result<Self> {
+        let mut child = Command::new("taskset")
+            .args(["-c", "1"])
+            .arg(bin)
+            .args([
+                "--pid",
+                &pid.to_string(),
+                "--service-name",
+                "cost",
+                "--otlp-endpoint",
+                endpoint,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting the tracer")?;
+        let mut stderr = child.stderr.take().context("tracer stderr")?;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains("tracing ") {
+            let n = stderr.read(&mut buf)?;
+            if n == 0 {
+                bail!("the tracer exited: {}", String::from_utf8_lossy(&seen));
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+        // Keep draining its log so it never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        Ok(Self(child))
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for TracerProcess {
+    fn drop(&mut self) {
+        // SAFETY: signals our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+/// Nanoseconds per 1-byte `read` of /dev/zero, in a thread pinned to core 0.
+fn null_read_ns(calls: u32) -> Result<f64> {
+    let handle = std::thread::spawn(move || -> Result<f64> {
+        pin_current_thread(0)?;
+        let zero = fs::File::open("/dev/zero")?;
+        let mut file = std::io::BufReader::with_capacity(0, zero);
+        let mut byte = [0u8; 1];
+        let started = Instant::now();
+        for _ in 0..calls {
+            file.read_exact(&mut byte)?;
+        }
+        Ok(started.elapsed().as_nanos() as f64 / f64::from(calls))
+    });
+    handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("null-syscall thread panicked"))?
+}
+
+/// Medians of paired measurements.
+#[derive(Default)]
+struct Paired {
+    without: Vec<f64>,
+    with: Vec<f64>,
+}
+
+impl Paired {
+    fn push(&mut self, with_tracer: bool, value: f64) {
+        if with_tracer {
+            &mut self.with
+        } else {
+            &mut self.without
+        }
+        .push(value);
+    }
+
+    fn row(&self, report: &mut String, what: &str) -> std::fmt::Result {
+        let (without, with) = (median(&self.without), median(&self.with));
+        writeln!(
+            report,
+            "| {what} | {without:.1} (spread {:.1}–{:.1}) | {with:.1} (spread {:.1}–{:.1}) | {:+.2}% |",
+            min(&self.without),
+            max(&self.without),
+            min(&self.with),
+            max(&self.with),
+            (with / without - 1.0) * 100.0
+        )
+    }
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+fn min(values: &[f64]) -> f64 {
+    values.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+fn max(values: &[f64]) -> f64 {
+    values.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+}
+
+/// An nginx (Debian's) serving a small file on core 0, outside the traced tree.
+struct Nginx {
+    child: Child,
+    _dir: TempDir,
+}
+
+const NGINX_PORT: u16 = 18_080;
+
+impl Nginx {
+    fn start() -> Result<Self> {
+        let dir = TempDir::new("tracer-cost-nginx")?;
+        fs::write(dir.0.join("index.html"), "x".repeat(612))?;
+        let conf = format!(
+            "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 1024; }}\nhttp {{\n access_log off;\n client_body_temp_path {d};\n proxy_temp_path {d};\n fastcgi_temp_path {d};\n uwsgi_temp_path {d};\n scgi_temp_path {d};\n server {{ listen 127.0.0.1:{NGINX_PORT}; root {d}; }}\n}}\n",
+            d = dir.0.display()
+        );
+        fs::write(dir.0.join("nginx.conf"), conf)?;
+        let child = Command::new("taskset")
+            .args(["-c", "0", "nginx", "-c"])
+            .arg(dir.0.join("nginx.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nginx (cargo xtask setup installs it)")?;
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(Self { child, _dir: dir })
+    }
+
+    /// (requests/s, nginx CPU µs per request) over one 3-second wrk run.
+    fn measure(&self) -> Result<(f64, f64)> {
+        let before = harness::cpu::tree_cpu_ns(self.child.id())?;
+        let output = Command::new("taskset")
+            .args(["-c", "1", "wrk", "-t1", "-c32", "-d3s"])
+            .arg(format!("http://127.0.0.1:{NGINX_PORT}/index.html"))
+            .output()
+            .context("running wrk (cargo xtask setup installs it)")?;
+        let cpu_ns = harness::cpu::tree_cpu_ns(self.child.id())? - before;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let requests: f64 = text
+            .lines()
+            .find_map(|l| {
+                l.split_once("requests in")
+                    .and_then(|(n, _)| n.trim().parse().ok())
+            })
+            .with_context(|| format!("wrk output without a request count:\n{text}"))?;
+        let rps: f64 = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("Requests/sec:")
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .with_context(|| format!("wrk output without Requests/sec:\n{text}"))?;
+        Ok((rps, cpu_ns as f64 / 1e3 / requests))
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(prefix: &str) -> Result<Self> {
+        let path = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+        fs::create_dir_all(&path)?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
