@@ -21,7 +21,9 @@ pub fn pin_current_thread(core: usize) -> io::Result<()> {
     Ok(())
 }
 
-/// Number of CPUs online.
+/// Number of CPUs online on the machine (not just those this thread may use).
 pub fn online_cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).ok().filter(|&n| n > 0).unwrap_or(1)
 }
