@@ -159,15 +159,16 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn precise_timer_wakes_close_to_deadline() {
         let mut timer = PreciseTimer::new().expect("timerfd");
-        let mut worst = 0;
-        for _ in 0..20 {
+        let mut late = Vec::new();
+        for _ in 0..21 {
             let deadline = mono_ns() + 1_300_000;
             timer.sleep_until(deadline).await.expect("sleep");
-            let late = mono_ns() - deadline;
-            worst = worst.max(late);
+            late.push(mono_ns() - deadline);
         }
-        // tokio's own timer would be up to 1 ms late; allow for a busy CI box.
-        assert!(worst < 900_000, "woke {worst} ns late");
+        late.sort_unstable();
+        // tokio's own timer is up to 1 ms late; the median must be far below
+        // that even on a busy machine (the worst case is preemption).
+        assert!(late[10] < 200_000, "late by {late:?} ns");
     }
 
     #[tokio::test(flavor = "current_thread")]
