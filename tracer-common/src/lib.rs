@@ -15,6 +15,11 @@ pub const MAX_CONNECTIONS: u32 = 65_536;
 pub const MAX_LISTEN_PORTS: u32 = 256;
 /// Size of the one ring buffer that carries every event.
 pub const RING_BUFFER_BYTES: u32 = 16 << 20;
+/// Records are submitted without waking the daemon, which drains the ring on
+/// a short timer (see `tracer::daemon`); a wakeup is forced only once this
+/// many bytes wait. One wakeup per event would cost the daemon far more CPU
+/// per request than all the programs together.
+pub const RING_WAKEUP_BYTES: u64 = RING_BUFFER_BYTES as u64 / 8;
 
 /// What a record on the ring buffer is. The first four bytes of every record.
 #[repr(u32)]

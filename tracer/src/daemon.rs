@@ -29,6 +29,10 @@ use crate::{
 
 /// A response of unknown length is finished after this much silence.
 const IDLE_RESPONSE: Duration = Duration::from_secs(2);
+/// How often the ring buffer is drained. The programs wake the daemon only
+/// when a lot is waiting, so at ordinary rates this timer does all the
+/// reading, in batches, instead of one wakeup per event.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 /// Listening ports are re-read this often, and whenever the tree changes.
 const PORT_RESCAN_TICKS: u32 = 30;
 /// A connection silent this long lost its close event; forget it.
@@ -113,6 +117,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let mut done = Vec::new();
     let mut sigint = signal(SignalKind::interrupt()).map_err(io("installing SIGINT handler"))?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(io("installing SIGTERM handler"))?;
+    let mut drain = tokio::time::interval(DRAIN_INTERVAL);
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut ticks_since_rescan = 0;
     let mut tree_changed = false;
@@ -125,6 +131,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 let mut guard = guard.map_err(io("waiting for the ring buffer"))?;
                 tree_changed |= read_events(guard.get_inner_mut(), &mut assembler, &mut tree, &stats, &mut done);
                 guard.clear_ready();
+            }
+            _ = drain.tick() => {
+                tree_changed |= read_events(ring.get_mut(), &mut assembler, &mut tree, &stats, &mut done);
             }
             _ = tick.tick() => {
                 let now = Clock::monotonic_now_ns();

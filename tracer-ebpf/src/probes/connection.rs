@@ -17,7 +17,7 @@ use tracer_common::{
 
 use crate::{
     config::config,
-    maps::{CONNECTIONS, EVENTS, LISTEN_PORTS, count},
+    maps::{CONNECTIONS, EVENTS, LISTEN_PORTS, count, wakeup_flags},
 };
 
 pub fn on_state_change(ctx: &TracePointContext) {
@@ -106,5 +106,5 @@ pub fn emit_conn_event(kind: EventKind, tgid: u32, sock: u64, state: &ConnState)
         established_ns: state.established_ns,
         meta: state.meta,
     });
-    entry.submit(0);
+    entry.submit(wakeup_flags());
 }

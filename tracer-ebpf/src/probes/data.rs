@@ -23,7 +23,7 @@ use tracer_common::{
 
 use crate::{
     config::config,
-    maps::{CONNECTIONS, EVENTS, count, current_task, is_traced},
+    maps::{CONNECTIONS, EVENTS, count, current_task, is_traced, wakeup_flags},
     probes::connection::emit_conn_event,
 };
 
@@ -215,7 +215,7 @@ fn emit_data(sock: u64, tgid: u32, tid: u32, direction: u8, moved: u32, buffer: 
             count(KernelCounter::CaptureFailed);
         }
     }
-    entry.submit(0);
+    entry.submit(wakeup_flags());
     phase
 }
 

@@ -5,7 +5,7 @@ use tracer_common::{EventHeader, EventKind, KernelCounter, TaskEvent};
 
 use crate::{
     config::config,
-    maps::{EVENTS, TRACED_TASKS, count, current_task, is_traced},
+    maps::{EVENTS, TRACED_TASKS, count, current_task, is_traced, wakeup_flags},
 };
 
 pub fn on_fork(ctx: &TracePointContext) {
@@ -50,5 +50,5 @@ fn emit(kind: EventKind, tgid: u32, task: u32) {
         task,
         _pad: 0,
     });
-    entry.submit(0);
+    entry.submit(wakeup_flags());
 }
