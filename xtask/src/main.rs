@@ -60,7 +60,16 @@ fn run(command: Command) -> Result<()> {
             let tracer = build(&root)?;
             exec::run(
                 exec::cargo(&root)
-                    .args(["run", "--release", "-p", "harness", "--bin", "harness", "--", "bench"])
+                    .args([
+                        "run",
+                        "--release",
+                        "-p",
+                        "harness",
+                        "--bin",
+                        "harness",
+                        "--",
+                        "bench",
+                    ])
                     .arg("--tracer")
                     .arg(&tracer)
                     .args(args),
@@ -78,12 +87,27 @@ fn build(root: &std::path::Path) -> Result<PathBuf> {
 fn test(root: &std::path::Path) -> Result<()> {
     let tracer = build(root)?;
     // Unit tests of every crate (no root needed, but root is fine).
-    exec::run(exec::cargo(root).args(["test", "--workspace", "--exclude", "tracer-ebpf", "--lib", "--bins"]))?;
+    exec::run(exec::cargo(root).args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "tracer-ebpf",
+        "--lib",
+        "--bins",
+    ]))?;
     // Integration tests: real gunicorn, the real programs in the real kernel,
     // one at a time (they share the kernel's tracepoints and the CPU).
     exec::run(
         exec::cargo(root)
-            .args(["test", "--release", "-p", "harness", "--tests", "--", "--test-threads=1"])
+            .args([
+                "test",
+                "--release",
+                "-p",
+                "harness",
+                "--tests",
+                "--",
+                "--test-threads=1",
+            ])
             .env("TRACER_BIN", &tracer)
             .env("HARNESS_VENV", root.join(".venv")),
     )

@@ -26,7 +26,8 @@ pub fn ensure(root: &Path) -> Result<()> {
 }
 
 fn rust_src() -> Result<()> {
-    let installed = output(command("rustup").args(["component", "list", "--installed"])).unwrap_or_default();
+    let installed =
+        output(command("rustup").args(["component", "list", "--installed"])).unwrap_or_default();
     if installed.lines().any(|line| line.starts_with("rust-src")) {
         return Ok(());
     }
@@ -45,7 +46,9 @@ fn apt_packages() -> Result<()> {
         return Ok(());
     }
     if !is_root() {
-        bail!("missing Debian packages {missing:?}: run `sudo cargo xtask setup` (or install them)");
+        bail!(
+            "missing Debian packages {missing:?}: run `sudo cargo xtask setup` (or install them)"
+        );
     }
     eprintln!("xtask: installing {missing:?}");
     exec::run(command("apt-get").args(["update", "-qq"]))?;
