@@ -104,7 +104,8 @@ fn test(root: &std::path::Path) -> Result<()> {
                 "--release",
                 "-p",
                 "harness",
-                "--tests",
+                "--test",
+                "*",
                 "--",
                 "--test-threads=1",
             ])

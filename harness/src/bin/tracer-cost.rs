@@ -278,8 +278,12 @@ impl Nginx {
             .stderr(Stdio::null())
             .spawn()
             .context("starting nginx (cargo xtask setup installs it)")?;
+        let mut nginx = Self { child, _dir: dir };
         std::thread::sleep(Duration::from_millis(500));
-        Ok(Self { child, _dir: dir })
+        if let Some(status) = nginx.child.try_wait()? {
+            bail!("nginx exited at start ({status}): is port {NGINX_PORT} taken?");
+        }
+        Ok(nginx)
     }
 
     /// (requests/s, nginx CPU µs per request) over one 3-second wrk run.
@@ -312,7 +316,9 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SIGTERM lets the master stop its workers; SIGKILL would orphan them.
+        // SAFETY: signals our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
     }
 }
