@@ -154,11 +154,6 @@ pub const KERNEL_COUNTERS: u32 = 4;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TracepointOffsets {
-    pub sock_len_sk: u32,
-    pub sock_len_family: u32,
-    pub sock_len_protocol: u32,
-    pub sock_len_ret: u32,
-    pub sock_len_flags: u32,
     pub set_state_skaddr: u32,
     pub set_state_oldstate: u32,
     pub set_state_newstate: u32,
@@ -169,7 +164,17 @@ pub struct TracepointOffsets {
     pub set_state_daddr: u32,
     pub set_state_daddr_v6: u32,
     pub fork_child_pid: u32,
-    pub _pad: u32,
+}
+
+/// Offsets of the `struct sock` fields the socket-I/O programs read (from
+/// BTF): those programs are raw tracepoints, which receive the `sk` pointer
+/// itself rather than a formatted record (formatting the record costs every
+/// socket operation on the host, traced or not).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOffsets {
+    pub family: u32,
+    pub protocol: u32,
 }
 
 /// Offsets into the task's saved user registers (`struct pt_regs`, from BTF)
@@ -193,6 +198,7 @@ pub struct SyscallAbi {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelConfig {
     pub tracepoints: TracepointOffsets,
+    pub sock: SockOffsets,
     pub syscalls: SyscallAbi,
 }
 

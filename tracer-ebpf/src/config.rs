@@ -6,11 +6,6 @@ use tracer_common::KernelConfig;
 #[unsafe(no_mangle)]
 static CONFIG: KernelConfig = KernelConfig {
     tracepoints: tracer_common::TracepointOffsets {
-        sock_len_sk: 0,
-        sock_len_family: 0,
-        sock_len_protocol: 0,
-        sock_len_ret: 0,
-        sock_len_flags: 0,
         set_state_skaddr: 0,
         set_state_oldstate: 0,
         set_state_newstate: 0,
@@ -21,7 +16,10 @@ static CONFIG: KernelConfig = KernelConfig {
         set_state_daddr: 0,
         set_state_daddr_v6: 0,
         fork_child_pid: 0,
-        _pad: 0,
+    },
+    sock: tracer_common::SockOffsets {
+        family: 0,
+        protocol: 0,
     },
     syscalls: tracer_common::SyscallAbi {
         regs_syscall_nr: 0,

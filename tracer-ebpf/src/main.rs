@@ -9,7 +9,10 @@ mod config;
 mod maps;
 mod probes;
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
 use tracer_common::{DIRECTION_RECV, DIRECTION_SEND};
 
 #[tracepoint]
@@ -30,14 +33,14 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint]
-pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sock_recv_length")]
+pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
     probes::data::on_socket_io(&ctx, DIRECTION_RECV);
     0
 }
 
-#[tracepoint]
-pub fn sock_send_length(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sock_send_length")]
+pub fn sock_send_length(ctx: RawTracePointContext) -> i32 {
     probes::data::on_socket_io(&ctx, DIRECTION_SEND);
     0
 }

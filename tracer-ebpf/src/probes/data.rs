@@ -13,7 +13,7 @@ use aya_ebpf::{
         bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
         bpf_probe_read_user_buf, bpf_task_pt_regs,
     },
-    programs::TracePointContext,
+    programs::RawTracePointContext,
 };
 use tracer_common::{
     AF_INET, AF_INET6, CAPTURE_LEN, ConnMeta, ConnState, DIRECTION_RECV, DataEvent, EventHeader,
@@ -27,7 +27,8 @@ use crate::{
     probes::connection::emit_conn_event,
 };
 
-pub fn on_socket_io(ctx: &TracePointContext, direction: u8) {
+/// Arguments (`TP_PROTO`): `struct sock *sk, int ret, int flags`.
+pub fn on_socket_io(ctx: &RawTracePointContext, direction: u8) {
     let (tgid, tid) = current_task();
     if !is_traced(tgid) {
         return;
@@ -36,24 +37,26 @@ pub fn on_socket_io(ctx: &TracePointContext, direction: u8) {
 }
 
 fn try_on_socket_io(
-    ctx: &TracePointContext,
+    ctx: &RawTracePointContext,
     direction: u8,
     tgid: u32,
     tid: u32,
 ) -> Result<(), i32> {
-    let tp = config().tracepoints;
-    // SAFETY (all reads): offsets come from the tracepoint's format file.
-    let family: u16 = unsafe { ctx.read_at(tp.sock_len_family as usize)? };
-    let protocol: u16 = unsafe { ctx.read_at(tp.sock_len_protocol as usize)? };
-    let moved: i32 = unsafe { ctx.read_at(tp.sock_len_ret as usize)? };
-    if protocol != IPPROTO_TCP || (family != AF_INET && family != AF_INET6) || moved <= 0 {
+    let moved = ctx.arg::<u64>(1) as i32;
+    let flags = ctx.arg::<u64>(2) as i32;
+    if moved <= 0 || (direction == DIRECTION_RECV && flags & MSG_PEEK != 0) {
         return Ok(());
     }
-    let flags: i32 = unsafe { ctx.read_at(tp.sock_len_flags as usize)? };
-    if direction == DIRECTION_RECV && flags & MSG_PEEK != 0 {
+    let sock: u64 = ctx.arg(0);
+    let offsets = config().sock;
+    // SAFETY (both reads): `sock` is the kernel's live socket; offsets from BTF.
+    let family: u16 =
+        unsafe { bpf_probe_read_kernel((sock + offsets.family as u64) as *const u16)? };
+    let protocol: u16 =
+        unsafe { bpf_probe_read_kernel((sock + offsets.protocol as u64) as *const u16)? };
+    if protocol != IPPROTO_TCP || (family != AF_INET && family != AF_INET6) {
         return Ok(());
     }
-    let sock: u64 = unsafe { ctx.read_at(tp.sock_len_sk as usize)? };
     let state = connection(sock, tgid, family)?;
     let phase = if direction == DIRECTION_RECV {
         state.recv_phase

@@ -1,9 +1,18 @@
 //! What the programs need to find a syscall's user buffer on this
 //! architecture: the `struct pt_regs` members holding the syscall number and
 //! second argument (offsets from BTF) and the syscall numbers (from libc).
-use tracer_common::SyscallAbi;
+use tracer_common::{SockOffsets, SyscallAbi};
 
 use super::btf::{Btf, BtfError};
+
+/// Where `struct sock` keeps its address family and protocol.
+pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, BtfError> {
+    let common = btf.member_offset("sock", "__sk_common")?;
+    Ok(SockOffsets {
+        family: common + btf.member_offset("sock_common", "skc_family")?,
+        protocol: btf.member_offset("sock", "sk_protocol")?,
+    })
+}
 
 #[cfg(target_arch = "x86_64")]
 const REGS_SYSCALL_NR: &str = "orig_ax";

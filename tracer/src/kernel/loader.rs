@@ -9,7 +9,7 @@ use aya::{
 use tracer_common::{KERNEL_COUNTERS, KernelConfig};
 
 use super::{
-    abi::syscall_abi,
+    abi::{sock_offsets, syscall_abi},
     btf::{Btf, BtfError},
     probes::{AttachError, ProbeSet},
     tracefs::{self, TracefsError},
@@ -47,9 +47,11 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tr
 /// Loads and attaches; returns the kernel side and the event ring buffer.
 pub fn load(probe_set: ProbeSet) -> Result<(KernelSide, RingBuf<MapData>), LoadError> {
     let tracefs_root = tracefs::root()?;
+    let btf = Btf::from_sys_fs()?;
     let config = KernelConfig {
         tracepoints: tracefs::tracepoint_offsets(&tracefs_root)?,
-        syscalls: syscall_abi(&Btf::from_sys_fs()?)?,
+        sock: sock_offsets(&btf)?,
+        syscalls: syscall_abi(&btf)?,
     };
     let mut ebpf = EbpfLoader::new()
         .override_global("CONFIG", &config, true)

@@ -7,7 +7,10 @@
 //! `sock_send_length` fire only for socket I/O, so unlike `syscalls:*`
 //! tracepoints they put no tax on the syscalls of other processes (see
 //! DESIGN.md, "Mind the host-wide cost", and docs/hooks.md for figures).
-use aya::{Ebpf, programs::TracePoint};
+use aya::{
+    Ebpf,
+    programs::{ProgramError, RawTracePoint, TracePoint},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ProbeSet {
@@ -20,6 +23,10 @@ pub struct Hook {
     pub program: &'static str,
     pub group: &'static str,
     pub name: &'static str,
+    /// Raw tracepoints get the `TP_PROTO` arguments without the kernel first
+    /// formatting a record: cheaper for hooks that fire on every socket
+    /// operation of the host.
+    pub raw: bool,
 }
 
 impl ProbeSet {
@@ -32,26 +39,31 @@ impl ProbeSet {
                     program: "sched_process_fork",
                     group: "sched",
                     name: "sched_process_fork",
+                    raw: false,
                 },
                 Hook {
                     program: "sched_process_exit",
                     group: "sched",
                     name: "sched_process_exit",
+                    raw: false,
                 },
                 Hook {
                     program: "inet_sock_set_state",
                     group: "sock",
                     name: "inet_sock_set_state",
+                    raw: false,
                 },
                 Hook {
                     program: "sock_recv_length",
                     group: "sock",
                     name: "sock_recv_length",
+                    raw: true,
                 },
                 Hook {
                     program: "sock_send_length",
                     group: "sock",
                     name: "sock_send_length",
+                    raw: true,
                 },
             ],
         }
@@ -59,27 +71,29 @@ impl ProbeSet {
 
     pub fn attach(self, ebpf: &mut Ebpf) -> Result<(), AttachError> {
         for hook in self.hooks() {
-            let program: &mut TracePoint = ebpf
+            let program = ebpf
                 .program_mut(hook.program)
-                .ok_or(AttachError::MissingProgram(hook.program))?
-                .try_into()
-                .map_err(|source| AttachError::Program {
-                    hook: hook.program,
-                    source,
-                })?;
-            program.load().map_err(|source| AttachError::Program {
+                .ok_or(AttachError::MissingProgram(hook.program))?;
+            attach_one(program, hook).map_err(|source| AttachError::Program {
                 hook: hook.program,
                 source,
             })?;
-            program
-                .attach(hook.group, hook.name)
-                .map_err(|source| AttachError::Program {
-                    hook: hook.program,
-                    source,
-                })?;
         }
         Ok(())
     }
+}
+
+fn attach_one(program: &mut aya::programs::Program, hook: &Hook) -> Result<(), ProgramError> {
+    if hook.raw {
+        let program: &mut RawTracePoint = program.try_into()?;
+        program.load()?;
+        program.attach(hook.name)?;
+    } else {
+        let program: &mut TracePoint = program.try_into()?;
+        program.load()?;
+        program.attach(hook.group, hook.name)?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]

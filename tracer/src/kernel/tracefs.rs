@@ -99,24 +99,9 @@ impl Format {
 
 /// The offsets of every field the programs read.
 pub fn tracepoint_offsets(root: &Path) -> Result<TracepointOffsets, TracefsError> {
-    let recv = Format::read(root, "sock", "sock_recv_length")?;
-    let send = Format::read(root, "sock", "sock_send_length")?;
-    for field in ["sk", "family", "protocol", "ret", "flags"] {
-        if recv.offset(field)? != send.offset(field)? {
-            return Err(TracefsError::MissingField {
-                tracepoint: "sock:sock_send_length (layout differs from sock_recv_length)".into(),
-                field: field.into(),
-            });
-        }
-    }
     let state = Format::read(root, "sock", "inet_sock_set_state")?;
     let fork = Format::read(root, "sched", "sched_process_fork")?;
     Ok(TracepointOffsets {
-        sock_len_sk: recv.offset("sk")?,
-        sock_len_family: recv.offset("family")?,
-        sock_len_protocol: recv.offset("protocol")?,
-        sock_len_ret: recv.offset("ret")?,
-        sock_len_flags: recv.offset("flags")?,
         set_state_skaddr: state.offset("skaddr")?,
         set_state_oldstate: state.offset("oldstate")?,
         set_state_newstate: state.offset("newstate")?,
@@ -127,7 +112,6 @@ pub fn tracepoint_offsets(root: &Path) -> Result<TracepointOffsets, TracefsError
         set_state_daddr: state.offset("daddr")?,
         set_state_daddr_v6: state.offset("daddr_v6")?,
         fork_child_pid: fork.offset("child_pid")?,
-        _pad: 0,
     })
 }
 
