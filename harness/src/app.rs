@@ -9,7 +9,7 @@
 //! exec their command, so the pid we spawn is the gunicorn master.
 
 use std::fmt;
-use std::fs::File;
+use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
@@ -23,6 +23,8 @@ use serde::{Deserialize, Serialize};
 use crate::cpu;
 use crate::loadgen;
 
+/// What the tracer logs once its programs are attached and the tree seeded.
+const TRACER_READY: &str = "tracer::daemon] tracing ";
 /// How long a stopped child gets before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Bytes of a log shown in an error.
@@ -246,7 +248,9 @@ impl App {
                 .arg("--pid")
                 .arg(app.master_pid().to_string())
                 .args(["--otlp-endpoint", &options.otlp_endpoint])
-                .args(["--service-name", "flask-ebpf"]);
+                .args(["--service-name", "flask-ebpf"])
+                // Its readiness line is logged at info level.
+                .env("RUST_LOG", "info");
             let log = options.log_dir.join("tracer.log");
             app.tracer = Some(spawn(&mut command, &log, "the tracer")?);
             app.tracer_log = Some(log);
@@ -296,20 +300,16 @@ impl App {
         })
     }
 
-    /// The tracer is taken as loaded once it holds BPF programs and their
-    /// number has not changed for half a second.
+    /// The tracer is ready once it logs that it is tracing: by then its
+    /// programs are attached and the process tree is in its kernel map.
     async fn wait_tracer_loaded(&mut self, timeout: Duration) -> Result<(), AppError> {
         let start = Instant::now();
-        let mut last = (0, Instant::now());
         while start.elapsed() < timeout {
             self.check_alive()?;
-            let Some(pid) = self.tracer_pid() else {
+            let Some(log) = self.tracer_log.as_deref() else {
                 return Ok(());
             };
-            let programs = cpu::bpf_prog_stats(pid).map_or(0, |s| s.programs);
-            if programs != last.0 {
-                last = (programs, Instant::now());
-            } else if programs > 0 && last.1.elapsed() >= Duration::from_millis(500) {
+            if fs::read_to_string(log).is_ok_and(|text| text.contains(TRACER_READY)) {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

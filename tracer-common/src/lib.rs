@@ -297,6 +297,19 @@ mod user {
     unsafe impl aya::Pod for KernelConfig {}
 }
 
+const _: () = {
+    assert!(core::mem::size_of::<EventHeader>() == 16);
+    assert!(core::mem::size_of::<DataEvent>() == 16 + 8 + 4 + 4 + 4 + 4 + CAPTURE_LEN);
+    assert!(core::mem::size_of::<ConnMeta>() == 24);
+    assert!(core::mem::size_of::<ConnEvent>() == 56);
+    assert!(core::mem::size_of::<TaskEvent>() == 24);
+    assert!(core::mem::size_of::<ConnState>() == 40);
+    assert!(CAPTURE_LEN.is_power_of_two());
+    // The kernel scans the payload a u64 word at a time.
+    assert!(core::mem::offset_of!(DataEvent, payload) % 8 == 0);
+    assert!(CAPTURE_LEN.is_multiple_of(8));
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,16 +329,3 @@ mod tests {
         assert!(!may_start_http_message(b"\x16\x03\x01\x02\x00\x01\x00\x01"));
     }
 }
-
-const _: () = {
-    assert!(core::mem::size_of::<EventHeader>() == 16);
-    assert!(core::mem::size_of::<DataEvent>() == 16 + 8 + 4 + 4 + 4 + 4 + CAPTURE_LEN);
-    assert!(core::mem::size_of::<ConnMeta>() == 24);
-    assert!(core::mem::size_of::<ConnEvent>() == 56);
-    assert!(core::mem::size_of::<TaskEvent>() == 24);
-    assert!(core::mem::size_of::<ConnState>() == 40);
-    assert!(CAPTURE_LEN.is_power_of_two());
-    // The kernel scans the payload a u64 word at a time.
-    assert!(core::mem::offset_of!(DataEvent, payload) % 8 == 0);
-    assert!(CAPTURE_LEN % 8 == 0);
-};

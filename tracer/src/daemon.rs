@@ -85,6 +85,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     if let Some(&missing) = config.pids.iter().find(|&&pid| !proctree::is_alive(pid)) {
         return Err(DaemonError::NoSuchPid(missing));
     }
+    if let Some(endpoint) = &config.export.endpoint {
+        warn_if_unreachable(endpoint).await;
+    }
     let (mut kernel, ring) = loader::load(config.probes)?;
     // Programs are attached first, so a fork from now on is followed in the
     // kernel; then the tree as it is now is seeded.
@@ -103,9 +106,6 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 
     let clock = Clock::new();
     let stats = Arc::new(Stats::default());
-    if let Some(endpoint) = &config.export.endpoint {
-        warn_if_unreachable(endpoint).await;
-    }
     let export = exporter::start(config.export.clone(), clock, stats.clone())?;
     // SAFETY: the ring buffer owns its fd and outlives this registration
     // (AsyncFd holds it); nothing else closes it.

@@ -37,6 +37,9 @@ struct Args {
     /// With/without pairs for the collateral measurements.
     #[arg(long, default_value_t = 7)]
     pairs: usize,
+    /// Skip the spans/CPU-per-request part (collateral cost only).
+    #[arg(long)]
+    collateral_only: bool,
     /// Also write the report here (markdown).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -59,7 +62,6 @@ async fn main() -> Result<()> {
         endpoint.clone(),
     );
     let app = App::start(&options).await?;
-    let _stats = BpfStatsGuard::enable()?;
     let mut report = String::from("# Tracer cost\n\n");
 
     writeln!(report, "## Spans and CPU per request\n")?;
@@ -68,7 +70,15 @@ async fn main() -> Result<()> {
         "| endpoint | rate (req/s) | responses | spans | spans / responses | tracer user+sys µs/req | BPF programs µs/req | total µs/req |"
     )?;
     writeln!(report, "|---|---|---|---|---|---|---|---|")?;
-    for (path, rate) in [("/work", 250.0), ("/light", 1000.0)] {
+    // Programs' run time is counted only here: the counting itself costs
+    // time on every program run, which must not bias the collateral pairs.
+    let stats = BpfStatsGuard::enable()?;
+    let points: &[(&str, f64)] = if args.collateral_only {
+        &[]
+    } else {
+        &[("/work", 250.0), ("/light", 1000.0)]
+    };
+    for &(path, rate) in points {
         let tracer = TracerProcess::start(&tracer_bin, app.master_pid(), &endpoint)?;
         sink.clear();
         let cpu_before = read_stat(tracer.pid())?.cpu_ticks;
@@ -92,6 +102,7 @@ async fn main() -> Result<()> {
         )?;
         drop(tracer);
     }
+    drop(stats);
 
     writeln!(
         report,
@@ -100,6 +111,7 @@ async fn main() -> Result<()> {
     )?;
     let nginx = Nginx::start()?;
     let mut syscall = Paired::default();
+    let mut socket = Paired::default();
     let mut throughput = Paired::default();
     let mut nginx_cpu = Paired::default();
     for pair in 0..args.pairs {
@@ -113,6 +125,7 @@ async fn main() -> Result<()> {
                 .then(|| TracerProcess::start(&tracer_bin, app.master_pid(), &endpoint))
                 .transpose()?;
             syscall.push(with_tracer, null_read_ns(2_000_000)?);
+            socket.push(with_tracer, loopback_round_trip_ns(200_000)?);
             let (rps, cpu_us) = nginx.measure()?;
             throughput.push(with_tracer, rps);
             nginx_cpu.push(with_tracer, cpu_us);
@@ -125,6 +138,10 @@ async fn main() -> Result<()> {
     )?;
     writeln!(report, "|---|---|---|---|")?;
     syscall.row(&mut report, "null `read` of an untraced process (ns/call)")?;
+    socket.row(
+        &mut report,
+        "1-byte TCP send + recv of an untraced process (ns/pair)",
+    )?;
     throughput.row(&mut report, "untraced nginx under wrk (requests/s)")?;
     nginx_cpu.row(&mut report, "untraced nginx CPU (µs/request)")?;
     print!("{report}");
@@ -155,6 +172,7 @@ impl TracerProcess {
                 "--otlp-endpoint",
                 endpoint,
             ])
+            .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -203,6 +221,29 @@ fn null_read_ns(calls: u32) -> Result<f64> {
     handle
         .join()
         .map_err(|_| anyhow::anyhow!("null-syscall thread panicked"))?
+}
+
+/// Nanoseconds per 1-byte send + recv over a loopback TCP connection, both
+/// ends in one thread pinned to core 0: the socket hooks fire on each call.
+fn loopback_round_trip_ns(rounds: u32) -> Result<f64> {
+    let handle = std::thread::spawn(move || -> Result<f64> {
+        use std::io::Write as _;
+        pin_current_thread(0)?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let mut sender = std::net::TcpStream::connect(listener.local_addr()?)?;
+        let (mut receiver, _) = listener.accept()?;
+        sender.set_nodelay(true)?;
+        let mut byte = [0u8; 1];
+        let started = Instant::now();
+        for _ in 0..rounds {
+            sender.write_all(&byte)?;
+            receiver.read_exact(&mut byte)?;
+        }
+        Ok(started.elapsed().as_nanos() as f64 / f64::from(rounds))
+    });
+    handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("socket thread panicked"))?
 }
 
 /// Medians of paired measurements.

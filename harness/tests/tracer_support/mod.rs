@@ -62,6 +62,7 @@ impl Tracer {
             .args(["--pid", &pid.to_string(), "--service-name", service])
             .args(["--otlp-endpoint", &format!("http://{}", sink.grpc_addr())])
             .args(["--stats-interval", "1"])
+            .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

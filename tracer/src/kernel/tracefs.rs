@@ -69,7 +69,7 @@ impl Format {
         Ok(Self::parse(tracepoint, &text))
     }
 
-    /// Parses lines like `field:__u16 sport;	offset:24;	size:2;	signed:0;`.
+    /// Parses lines like `field:__u16 sport; offset:24; size:2; signed:0;`.
     pub fn parse(tracepoint: String, text: &str) -> Self {
         let fields = text
             .lines()

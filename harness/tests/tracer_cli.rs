@@ -1,0 +1,200 @@
+//! The tracer binary's contract with its user: clear errors with distinct
+//! exit codes, both OTLP transports, and tracing that goes on while the
+//! collector is unreachable.
+mod tracer_support;
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use harness::app::WorkerClass;
+use tracer_support::*;
+
+fn run_tracer(args: &[&str]) -> (Option<i32>, String) {
+    let output = Command::new(tracer_bin())
+        .args(args)
+        .output()
+        .expect("tracer runs");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn wrong_input_gives_a_clear_error_and_its_own_exit_code() {
+    let (code, stderr) = run_tracer(&["--pid", "999999999", "--otlp-endpoint", "none"]);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("no such process: 999999999"), "{stderr}");
+
+    let (code, stderr) = run_tracer(&["--pid", "1", "--otlp-endpoint", "localhost:4317"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("invalid OTLP endpoint"), "{stderr}");
+
+    let (code, stderr) = run_tracer(&["--pid", "1", "--otlp-protocol", "smtp"]);
+    assert_eq!(code, Some(2), "{stderr}");
+
+    // Without privileges: as `nobody`, with every capability dropped.
+    let output = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .arg(tracer_bin())
+        .args(["--pid", "1", "--otlp-endpoint", "none"])
+        .output()
+        .expect("setpriv runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("not permitted"), "{stderr}");
+}
+
+#[test]
+fn doctor_reports_this_kernel() {
+    let output = Command::new(tracer_bin())
+        .arg("doctor")
+        .output()
+        .expect("doctor runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("tracepoint sock:sock_recv_length: present"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("tracing can run here"), "{stdout}");
+}
+
+/// OTLP over HTTP/protobuf as well as gRPC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_over_http_protobuf() {
+    let app = start_app(WorkerClass::Sync, &[]).await;
+    let sink = start_sink().await;
+    let mut child = Command::new(tracer_bin())
+        .args([
+            "--pid",
+            &app.master_pid().to_string(),
+            "--service-name",
+            "flask-http",
+        ])
+        .args(["--otlp-endpoint", &format!("http://{}", sink.http_addr())])
+        .args(["--otlp-protocol", "http/protobuf"])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tracer spawns");
+    let _rest = wait_ready(&mut child);
+    let addr = app.addr();
+    tokio::task::spawn_blocking(move || {
+        for _ in 0..20 {
+            request(addr, "GET", "/light", b"");
+        }
+    })
+    .await
+    .expect("client");
+    let arrived = eventually(Duration::from_secs(15), || {
+        server_spans(&sink, "flask-http").len() == 20
+    })
+    .await;
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().expect("tracer exits");
+    assert!(
+        arrived,
+        "got {} spans",
+        server_spans(&sink, "flask-http").len()
+    );
+    assert_eq!(status.code(), Some(0));
+}
+
+/// With no collector listening, the tracer warns, keeps tracing (JSON lines
+/// keep coming), counts the failed exports, and still exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_collector_is_a_warning_and_tracing_goes_on() {
+    let app = start_app(WorkerClass::Sync, &[]).await;
+    // A port nothing listens on: bind, note it, close.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let mut child = Command::new(tracer_bin())
+        .args([
+            "--pid",
+            &app.master_pid().to_string(),
+            "--print",
+            "json",
+            "--stats-interval",
+            "1",
+        ])
+        .args(["--otlp-endpoint", &format!("http://{dead}")])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tracer spawns");
+    let (log, rest) = wait_ready(&mut child);
+    assert!(
+        log.contains("unreachable"),
+        "no warning about the collector: {log}"
+    );
+    let addr = app.addr();
+    tokio::task::spawn_blocking(move || {
+        for _ in 0..10 {
+            request(addr, "GET", "/missing", b"");
+        }
+    })
+    .await
+    .expect("client");
+    let stdout = child.stdout.take().expect("stdout");
+    let lines: Vec<String> = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .take(10)
+            .map_while(Result::ok)
+            .collect()
+    })
+    .await
+    .expect("reader");
+    assert_eq!(lines.len(), 10);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("\"path\":\"/missing\"") && l.contains("\"status\":404"))
+    );
+    // Give the exporter time to fail a batch, then stop.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().expect("tracer exits");
+    let stderr = rest.join().expect("stderr reader");
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("export_failed="),
+        "failed exports not counted: {stderr}"
+    );
+}
+
+/// Reads the tracer's stderr until it says it is tracing. Returns what it
+/// read, and a thread that collects the rest until the tracer exits (so it
+/// never blocks on a full pipe).
+fn wait_ready(child: &mut std::process::Child) -> (String, std::thread::JoinHandle<String>) {
+    let mut reader = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut log = String::new();
+    while !log.contains("tracer::daemon] tracing ") {
+        let mut line = String::new();
+        if reader.read_line(&mut line).expect("read stderr") == 0 {
+            panic!("tracer exited before tracing: {log}");
+        }
+        log.push_str(&line);
+    }
+    let rest = std::thread::spawn(move || {
+        let mut tail = String::new();
+        let _ = std::io::Read::read_to_string(&mut reader, &mut tail);
+        tail
+    });
+    (log, rest)
+}
