@@ -85,6 +85,7 @@ fn build(root: &std::path::Path) -> Result<PathBuf> {
 }
 
 fn test(root: &std::path::Path) -> Result<()> {
+    lint(root)?;
     let tracer = build(root)?;
     // Unit tests of every crate (no root needed, but root is fine).
     exec::run(exec::cargo(root).args([
@@ -112,6 +113,21 @@ fn test(root: &std::path::Path) -> Result<()> {
             .env("TRACER_BIN", &tracer)
             .env("HARNESS_VENV", root.join(".venv")),
     )
+}
+
+/// Formatting and clippy (warnings are errors) over the host crates.
+fn lint(root: &std::path::Path) -> Result<()> {
+    exec::run(exec::cargo(root).args(["fmt", "--all", "--", "--check"]))?;
+    exec::run(exec::cargo(root).args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "tracer-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
 }
 
 fn workspace_root() -> PathBuf {
