@@ -154,27 +154,24 @@ pub const KERNEL_COUNTERS: u32 = 4;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TracepointOffsets {
-    pub set_state_skaddr: u32,
-    pub set_state_oldstate: u32,
-    pub set_state_newstate: u32,
-    pub set_state_sport: u32,
-    pub set_state_dport: u32,
-    pub set_state_family: u32,
-    pub set_state_protocol: u32,
-    pub set_state_daddr: u32,
-    pub set_state_daddr_v6: u32,
     pub fork_child_pid: u32,
 }
 
-/// Offsets of the `struct sock` fields the socket-I/O programs read (from
-/// BTF): those programs are raw tracepoints, which receive the `sk` pointer
-/// itself rather than a formatted record (formatting the record costs every
-/// socket operation on the host, traced or not).
+/// Offsets of the `struct sock` fields the socket programs read (from BTF):
+/// those programs are raw tracepoints, which receive the `sk` pointer itself
+/// rather than a formatted record (formatting a record would cost every
+/// socket operation and state change on the host, traced or not).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockOffsets {
     pub family: u32,
     pub protocol: u32,
+    /// Local port, host byte order (`skc_num`).
+    pub local_port: u32,
+    /// Peer port, network byte order (`skc_dport`).
+    pub peer_port: u32,
+    pub peer_addr_v4: u32,
+    pub peer_addr_v6: u32,
 }
 
 /// Offsets into the task's saved user registers (`struct pt_regs`, from BTF)

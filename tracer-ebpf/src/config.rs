@@ -5,21 +5,14 @@ use tracer_common::KernelConfig;
 
 #[unsafe(no_mangle)]
 static CONFIG: KernelConfig = KernelConfig {
-    tracepoints: tracer_common::TracepointOffsets {
-        set_state_skaddr: 0,
-        set_state_oldstate: 0,
-        set_state_newstate: 0,
-        set_state_sport: 0,
-        set_state_dport: 0,
-        set_state_family: 0,
-        set_state_protocol: 0,
-        set_state_daddr: 0,
-        set_state_daddr_v6: 0,
-        fork_child_pid: 0,
-    },
+    tracepoints: tracer_common::TracepointOffsets { fork_child_pid: 0 },
     sock: tracer_common::SockOffsets {
         family: 0,
         protocol: 0,
+        local_port: 0,
+        peer_port: 0,
+        peer_addr_v4: 0,
+        peer_addr_v6: 0,
     },
     syscalls: tracer_common::SyscallAbi {
         regs_syscall_nr: 0,

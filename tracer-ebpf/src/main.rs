@@ -27,8 +27,8 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint]
-pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
     probes::connection::on_state_change(&ctx);
     0
 }

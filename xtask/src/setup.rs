@@ -19,19 +19,24 @@ const APT_PACKAGES: [&str; 6] = [
 ];
 
 pub fn ensure(root: &Path) -> Result<()> {
-    rust_src()?;
+    rust_components()?;
     apt_packages()?;
     bpf_linker()?;
     venv(root)
 }
 
-fn rust_src() -> Result<()> {
+/// rust-src builds `core` for the BPF target; clippy and rustfmt lint.
+fn rust_components() -> Result<()> {
     let installed =
         output(command("rustup").args(["component", "list", "--installed"])).unwrap_or_default();
-    if installed.lines().any(|line| line.starts_with("rust-src")) {
+    let missing: Vec<&str> = ["rust-src", "clippy", "rustfmt"]
+        .into_iter()
+        .filter(|component| !installed.lines().any(|line| line.starts_with(component)))
+        .collect();
+    if missing.is_empty() {
         return Ok(());
     }
-    exec::run(command("rustup").args(["component", "add", "rust-src"]))
+    exec::run(command("rustup").args(["component", "add"]).args(&missing))
 }
 
 fn apt_packages() -> Result<()> {

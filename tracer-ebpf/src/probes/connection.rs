@@ -8,7 +8,10 @@
 //! - The application closing (ESTABLISHED -> FIN_WAIT1, CLOSE_WAIT ->
 //!   LAST_ACK) or the connection dying (-> CLOSE): tell the daemon the
 //!   connection is over, so it can finish what is pending, and forget it.
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    programs::RawTracePointContext,
+};
 use tracer_common::{
     AF_INET, ConnEvent, ConnMeta, ConnState, EventHeader, EventKind, IPPROTO_TCP, KernelCounter,
     PHASE_START, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_LAST_ACK,
@@ -20,35 +23,41 @@ use crate::{
     maps::{CONNECTIONS, EVENTS, LISTEN_PORTS, count, wakeup_flags},
 };
 
-pub fn on_state_change(ctx: &TracePointContext) {
+/// Arguments (`TP_PROTO`): `const struct sock *sk, int oldstate, int newstate`.
+pub fn on_state_change(ctx: &RawTracePointContext) {
     let _ = try_on_state_change(ctx);
 }
 
-fn try_on_state_change(ctx: &TracePointContext) -> Result<(), i32> {
-    let tp = config().tracepoints;
-    // SAFETY (all reads): offsets come from the tracepoint's format file.
-    let protocol: u16 = unsafe { ctx.read_at(tp.set_state_protocol as usize)? };
+/// Reads a field of the socket at a BTF-given offset.
+pub fn field<T>(sock: u64, offset: u32) -> Result<T, i32> {
+    // SAFETY: `sock` is the kernel's live socket; the helper checks the read.
+    unsafe { bpf_probe_read_kernel((sock + offset as u64) as *const T).map_err(|e| e as i32) }
+}
+
+fn try_on_state_change(ctx: &RawTracePointContext) -> Result<(), i32> {
+    let sock: u64 = ctx.arg(0);
+    let old = ctx.arg::<u64>(1) as i32;
+    let new = ctx.arg::<u64>(2) as i32;
+    let at = config().sock;
+    let protocol: u16 = field(sock, at.protocol)?;
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
-    let sock: u64 = unsafe { ctx.read_at(tp.set_state_skaddr as usize)? };
-    let old: i32 = unsafe { ctx.read_at(tp.set_state_oldstate as usize)? };
-    let new: i32 = unsafe { ctx.read_at(tp.set_state_newstate as usize)? };
 
     if old == TCP_SYN_RECV && new == TCP_ESTABLISHED {
-        let local_port: u16 = unsafe { ctx.read_at(tp.set_state_sport as usize)? };
+        let local_port: u16 = field(sock, at.local_port)?;
         // SAFETY: presence check only.
         if unsafe { LISTEN_PORTS.get(&local_port) }.is_none() {
             return Ok(());
         }
-        let family: u16 = unsafe { ctx.read_at(tp.set_state_family as usize)? };
-        let peer_port: u16 = unsafe { ctx.read_at(tp.set_state_dport as usize)? };
+        let family: u16 = field(sock, at.family)?;
+        let peer_port = u16::from_be(field(sock, at.peer_port)?);
         let mut peer_addr = [0u8; 16];
         if family == AF_INET {
-            let v4: [u8; 4] = unsafe { ctx.read_at(tp.set_state_daddr as usize)? };
+            let v4: [u8; 4] = field(sock, at.peer_addr_v4)?;
             peer_addr[..4].copy_from_slice(&v4);
         } else {
-            peer_addr = unsafe { ctx.read_at(tp.set_state_daddr_v6 as usize)? };
+            peer_addr = field(sock, at.peer_addr_v6)?;
         }
         let state = ConnState {
             // SAFETY: helper without preconditions.

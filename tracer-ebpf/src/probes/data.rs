@@ -24,7 +24,7 @@ use tracer_common::{
 use crate::{
     config::config,
     maps::{CONNECTIONS, EVENTS, count, current_task, is_traced, wakeup_flags},
-    probes::connection::emit_conn_event,
+    probes::connection::{emit_conn_event, field},
 };
 
 /// Arguments (`TP_PROTO`): `struct sock *sk, int ret, int flags`.
@@ -48,12 +48,9 @@ fn try_on_socket_io(
         return Ok(());
     }
     let sock: u64 = ctx.arg(0);
-    let offsets = config().sock;
-    // SAFETY (both reads): `sock` is the kernel's live socket; offsets from BTF.
-    let family: u16 =
-        unsafe { bpf_probe_read_kernel((sock + offsets.family as u64) as *const u16)? };
-    let protocol: u16 =
-        unsafe { bpf_probe_read_kernel((sock + offsets.protocol as u64) as *const u16)? };
+    let at = config().sock;
+    let family: u16 = field(sock, at.family)?;
+    let protocol: u16 = field(sock, at.protocol)?;
     if protocol != IPPROTO_TCP || (family != AF_INET && family != AF_INET6) {
         return Ok(());
     }

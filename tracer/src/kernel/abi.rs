@@ -5,12 +5,17 @@ use tracer_common::{SockOffsets, SyscallAbi};
 
 use super::btf::{Btf, BtfError};
 
-/// Where `struct sock` keeps its address family and protocol.
+/// Where `struct sock` keeps its family, protocol, ports and peer address.
 pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, BtfError> {
     let common = btf.member_offset("sock", "__sk_common")?;
+    let field = |name| Ok::<_, BtfError>(common + btf.member_offset("sock_common", name)?);
     Ok(SockOffsets {
-        family: common + btf.member_offset("sock_common", "skc_family")?,
+        family: field("skc_family")?,
         protocol: btf.member_offset("sock", "sk_protocol")?,
+        local_port: field("skc_num")?,
+        peer_port: field("skc_dport")?,
+        peer_addr_v4: field("skc_daddr")?,
+        peer_addr_v6: field("skc_v6_daddr")?,
     })
 }
 

@@ -25,9 +25,19 @@ const MAGIC: u16 = 0xeb9f;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 
-/// Member offsets of every named struct, in bytes.
+/// A struct or union member: name (empty for an anonymous one), type id,
+/// byte offset.
+struct Member {
+    name: String,
+    type_id: u32,
+    offset: u32,
+}
+
+/// The members of every struct and union, by type id, and the ids of the
+/// named structs. Anonymous members are searched through, as C does.
 pub struct Btf {
-    structs: HashMap<String, HashMap<String, u32>>,
+    members: HashMap<u32, Vec<Member>>,
+    structs: HashMap<String, u32>,
 }
 
 impl Btf {
@@ -62,9 +72,12 @@ impl Btf {
             std::str::from_utf8(&tail[..end]).unwrap_or_default()
         };
 
+        let mut members_by_type = HashMap::new();
         let mut structs = HashMap::new();
+        let mut type_id = 0u32;
         let mut at = types_start;
         while at < types_end {
+            type_id += 1;
             let name_off = reader.u32(at)?;
             let info = reader.u32(at + 4)?;
             let kind = (info >> 24) & 0x1f;
@@ -72,7 +85,7 @@ impl Btf {
             let bitfield_offsets = info >> 31 == 1;
             at += 12;
             if kind == KIND_STRUCT || kind == KIND_UNION {
-                let mut members = HashMap::with_capacity(vlen);
+                let mut members = Vec::with_capacity(vlen);
                 for i in 0..vlen {
                     let member = at + i * 12;
                     let raw_offset = reader.u32(member + 8)?;
@@ -81,30 +94,50 @@ impl Btf {
                     } else {
                         raw_offset
                     };
-                    members.insert(name(reader.u32(member)?).to_owned(), bits / 8);
+                    members.push(Member {
+                        name: name(reader.u32(member)?).to_owned(),
+                        type_id: reader.u32(member + 4)?,
+                        offset: bits / 8,
+                    });
                 }
+                members_by_type.insert(type_id, members);
                 let struct_name = name(name_off);
                 if kind == KIND_STRUCT && !struct_name.is_empty() {
-                    structs.entry(struct_name.to_owned()).or_insert(members);
+                    structs.entry(struct_name.to_owned()).or_insert(type_id);
                 }
             }
             at += trailing_len(kind, vlen)?;
         }
-        Ok(Self { structs })
+        Ok(Self {
+            members: members_by_type,
+            structs,
+        })
     }
 
     /// Byte offset of `member` in `struct structure`.
     pub fn member_offset(&self, structure: &str, member: &str) -> Result<u32, BtfError> {
-        let members = self
+        let id = self
             .structs
             .get(structure)
             .ok_or_else(|| BtfError::NoStruct(structure.to_owned()))?;
+        self.find(*id, member).ok_or_else(|| BtfError::NoMember {
+            structure: structure.to_owned(),
+            member: member.to_owned(),
+        })
+    }
+
+    /// `member` in type `id`, or inside one of its anonymous members.
+    fn find(&self, id: u32, member: &str) -> Option<u32> {
+        let members = self.members.get(&id)?;
         members
-            .get(member)
-            .copied()
-            .ok_or_else(|| BtfError::NoMember {
-                structure: structure.to_owned(),
-                member: member.to_owned(),
+            .iter()
+            .find(|m| m.name == member)
+            .map(|m| m.offset)
+            .or_else(|| {
+                members
+                    .iter()
+                    .filter(|m| m.name.is_empty())
+                    .find_map(|m| Some(m.offset + self.find(m.type_id, member)?))
             })
     }
 }
@@ -165,5 +198,9 @@ mod tests {
         assert_eq!(btf.member_offset("list_head", "next").unwrap(), 0);
         assert_eq!(btf.member_offset("list_head", "prev").unwrap(), 8);
         assert!(btf.member_offset("list_head", "nope").is_err());
+        // Members of anonymous unions and structs are found through them.
+        let daddr = btf.member_offset("sock_common", "skc_daddr").unwrap();
+        let saddr = btf.member_offset("sock_common", "skc_rcv_saddr").unwrap();
+        assert_eq!(saddr, daddr + 4);
     }
 }

@@ -51,7 +51,7 @@ impl ProbeSet {
                     program: "inet_sock_set_state",
                     group: "sock",
                     name: "inet_sock_set_state",
-                    raw: false,
+                    raw: true,
                 },
                 Hook {
                     program: "sock_recv_length",

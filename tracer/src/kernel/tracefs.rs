@@ -99,18 +99,8 @@ impl Format {
 
 /// The offsets of every field the programs read.
 pub fn tracepoint_offsets(root: &Path) -> Result<TracepointOffsets, TracefsError> {
-    let state = Format::read(root, "sock", "inet_sock_set_state")?;
     let fork = Format::read(root, "sched", "sched_process_fork")?;
     Ok(TracepointOffsets {
-        set_state_skaddr: state.offset("skaddr")?,
-        set_state_oldstate: state.offset("oldstate")?,
-        set_state_newstate: state.offset("newstate")?,
-        set_state_sport: state.offset("sport")?,
-        set_state_dport: state.offset("dport")?,
-        set_state_family: state.offset("family")?,
-        set_state_protocol: state.offset("protocol")?,
-        set_state_daddr: state.offset("daddr")?,
-        set_state_daddr_v6: state.offset("daddr_v6")?,
         fork_child_pid: fork.offset("child_pid")?,
     })
 }
