@@ -38,16 +38,17 @@ fn try_on_state_change(ctx: &RawTracePointContext) -> Result<(), i32> {
     let sock: u64 = ctx.arg(0);
     let old = ctx.arg::<u64>(1) as i32;
     let new = ctx.arg::<u64>(2) as i32;
-    let at = config().sock;
-    let protocol: u16 = field(sock, at.protocol)?;
-    if protocol != IPPROTO_TCP {
-        return Ok(());
-    }
-
+    // This runs for every state change of every TCP socket on the host:
+    // decide on the states (free) before touching the socket or a map.
     if old == TCP_SYN_RECV && new == TCP_ESTABLISHED {
+        let at = config().sock;
         let local_port: u16 = field(sock, at.local_port)?;
         // SAFETY: presence check only.
         if unsafe { LISTEN_PORTS.get(&local_port) }.is_none() {
+            return Ok(());
+        }
+        let protocol: u16 = field(sock, at.protocol)?;
+        if protocol != IPPROTO_TCP {
             return Ok(());
         }
         let family: u16 = field(sock, at.family)?;
