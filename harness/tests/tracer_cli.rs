@@ -198,3 +198,84 @@ fn wait_ready(child: &mut std::process::Child) -> (String, std::thread::JoinHand
     });
     (log, rest)
 }
+
+/// The capability set of `deploy/tracer.service`, as user `nobody` against a
+/// root-owned gunicorn: enough to trace, with handshake times and peer
+/// addresses (which need the service's listening ports from /proc).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_as_nobody_with_the_units_capabilities() {
+    const CAPS: &str = "+bpf,+perfmon,+dac_read_search,+sys_ptrace";
+    let app = start_app(WorkerClass::Sync, &[]).await;
+    let mut child = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(format!("--inh-caps=-all,{CAPS}"))
+        .arg(format!("--ambient-caps=-all,{CAPS}"))
+        .arg(format!("--bounding-set=-all,{CAPS}"))
+        .arg(tracer_bin())
+        .args([
+            "--pid",
+            &app.master_pid().to_string(),
+            "--otlp-endpoint",
+            "none",
+            "--print",
+            "json",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("setpriv runs");
+    let (log, _rest) = wait_ready(&mut child);
+    assert!(
+        log.contains(&format!("listening on ports {{{}}}", app.addr().port())),
+        "{log}"
+    );
+    let addr = app.addr();
+    tokio::task::spawn_blocking(move || {
+        for _ in 0..5 {
+            request(addr, "GET", "/light", b"");
+        }
+    })
+    .await
+    .expect("client");
+    let stdout = child.stdout.take().expect("stdout");
+    let lines: Vec<String> = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .take(5)
+            .map_while(Result::ok)
+            .collect()
+    })
+    .await
+    .expect("reader");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(lines.len(), 5);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("\"peer_address\":\"127.0.0.1\"")),
+        "{lines:?}"
+    );
+
+    // One capability less (tracefs unreadable): a clear error, exit code 5.
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args([
+            "--inh-caps=-all,+bpf,+perfmon",
+            "--ambient-caps=-all,+bpf,+perfmon",
+        ])
+        .args(["--bounding-set=-all,+bpf,+perfmon"])
+        .arg(tracer_bin())
+        .args([
+            "--pid",
+            &app.master_pid().to_string(),
+            "--otlp-endpoint",
+            "none",
+        ])
+        .output()
+        .expect("setpriv runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("CAP_DAC_READ_SEARCH"), "{stderr}");
+}

@@ -13,6 +13,10 @@ pub enum TracefsError {
         "tracefs is not mounted and mounting it failed ({0}); run `mount -t tracefs tracefs /sys/kernel/tracing` as root"
     )]
     NotMounted(std::io::Error),
+    #[error(
+        "cannot read tracefs at {0}: permission denied (it is root-only: run as root or grant CAP_DAC_READ_SEARCH)"
+    )]
+    Unreadable(PathBuf),
     #[error("tracepoint {0} does not exist on this kernel ({1})")]
     MissingTracepoint(String, std::io::Error),
     #[error("tracepoint {tracepoint} has no field {field} (format changed?)")]
@@ -23,12 +27,14 @@ const CANDIDATES: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing
 
 /// The tracefs root, mounted on `/sys/kernel/tracing` if nothing is.
 pub fn root() -> Result<PathBuf, TracefsError> {
-    if let Some(found) = CANDIDATES
-        .iter()
-        .map(Path::new)
-        .find(|path| path.join("events").is_dir())
-    {
-        return Ok(found.to_path_buf());
+    for candidate in CANDIDATES.iter().map(Path::new) {
+        match std::fs::read_dir(candidate.join("events")) {
+            Ok(_) => return Ok(candidate.to_path_buf()),
+            Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(TracefsError::Unreadable(candidate.to_path_buf()));
+            }
+            Err(_) => {}
+        }
     }
     mount(CANDIDATES[0]).map_err(TracefsError::NotMounted)?;
     Ok(PathBuf::from(CANDIDATES[0]))
