@@ -74,7 +74,8 @@ fn doctor_reports_this_kernel() {
 async fn exports_over_http_protobuf() {
     let app = start_app(WorkerClass::Sync, &[]).await;
     let sink = start_sink().await;
-    let mut child = Command::new(tracer_bin())
+    let mut command = Command::new(tracer_bin());
+    command
         .args([
             "--pid",
             &app.master_pid().to_string(),
@@ -82,20 +83,10 @@ async fn exports_over_http_protobuf() {
             "flask-http",
         ])
         .args(["--otlp-endpoint", &format!("http://{}", sink.http_addr())])
-        .args(["--otlp-protocol", "http/protobuf"])
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("tracer spawns");
-    let _rest = wait_ready(&mut child);
+        .args(["--otlp-protocol", "http/protobuf"]);
+    let (mut child, _log, _rest) = spawn_ready(&mut command);
     let addr = app.addr();
-    tokio::task::spawn_blocking(move || {
-        for _ in 0..20 {
-            request(addr, "GET", "/light", b"");
-        }
-    })
-    .await
-    .expect("client");
+    requests(addr, "/light", 20).await;
     let arrived = eventually(Duration::from_secs(15), || {
         server_spans(&sink, "flask-http").len() == 20
     })
@@ -121,7 +112,8 @@ async fn unreachable_collector_is_a_warning_and_tracing_goes_on() {
         .expect("bind")
         .local_addr()
         .expect("addr");
-    let mut child = Command::new(tracer_bin())
+    let mut command = Command::new(tracer_bin());
+    command
         .args([
             "--pid",
             &app.master_pid().to_string(),
@@ -130,35 +122,15 @@ async fn unreachable_collector_is_a_warning_and_tracing_goes_on() {
             "--stats-interval",
             "1",
         ])
-        .args(["--otlp-endpoint", &format!("http://{dead}")])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("tracer spawns");
-    let (log, rest) = wait_ready(&mut child);
+        .args(["--otlp-endpoint", &format!("http://{dead}")]);
+    let (mut child, log, rest) = spawn_ready(&mut command);
     assert!(
         log.contains("unreachable"),
         "no warning about the collector: {log}"
     );
     let addr = app.addr();
-    tokio::task::spawn_blocking(move || {
-        for _ in 0..10 {
-            request(addr, "GET", "/missing", b"");
-        }
-    })
-    .await
-    .expect("client");
-    let stdout = child.stdout.take().expect("stdout");
-    let lines: Vec<String> = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .take(10)
-            .map_while(Result::ok)
-            .collect()
-    })
-    .await
-    .expect("reader");
+    requests(addr, "/missing", 10).await;
+    let lines = read_lines(child.stdout.take().expect("stdout"), 10).await;
     assert_eq!(lines.len(), 10);
     assert!(
         lines
@@ -178,10 +150,18 @@ async fn unreachable_collector_is_a_warning_and_tracing_goes_on() {
     );
 }
 
-/// Reads the tracer's stderr until it says it is tracing. Returns what it
-/// read, and a thread that collects the rest until the tracer exits (so it
-/// never blocks on a full pipe).
-fn wait_ready(child: &mut std::process::Child) -> (String, std::thread::JoinHandle<String>) {
+/// Spawns the tracer (maybe under a wrapper) and reads its stderr until it
+/// says it is tracing. Returns the child, what it logged so far, and a thread
+/// that collects the rest until it exits (so it never blocks on a full pipe).
+fn spawn_ready(
+    command: &mut Command,
+) -> (std::process::Child, String, std::thread::JoinHandle<String>) {
+    let mut child = command
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tracer spawns");
     let mut reader = BufReader::new(child.stderr.take().expect("stderr"));
     let mut log = String::new();
     while !log.contains("tracer::daemon] tracing ") {
@@ -196,7 +176,7 @@ fn wait_ready(child: &mut std::process::Child) -> (String, std::thread::JoinHand
         let _ = std::io::Read::read_to_string(&mut reader, &mut tail);
         tail
     });
-    (log, rest)
+    (child, log, rest)
 }
 
 /// The capability set of `deploy/tracer.service`, as user `nobody` against a
@@ -206,7 +186,8 @@ fn wait_ready(child: &mut std::process::Child) -> (String, std::thread::JoinHand
 async fn runs_as_nobody_with_the_units_capabilities() {
     const CAPS: &str = "+bpf,+perfmon,+dac_read_search,+sys_ptrace";
     let app = start_app(WorkerClass::Sync, &[]).await;
-    let mut child = Command::new("setpriv")
+    let mut command = Command::new("setpriv");
+    command
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(format!("--inh-caps=-all,{CAPS}"))
         .arg(format!("--ambient-caps=-all,{CAPS}"))
@@ -219,35 +200,15 @@ async fn runs_as_nobody_with_the_units_capabilities() {
             "none",
             "--print",
             "json",
-        ])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("setpriv runs");
-    let (log, _rest) = wait_ready(&mut child);
+        ]);
+    let (mut child, log, _rest) = spawn_ready(&mut command);
     assert!(
         log.contains(&format!("listening on ports {{{}}}", app.addr().port())),
         "{log}"
     );
     let addr = app.addr();
-    tokio::task::spawn_blocking(move || {
-        for _ in 0..5 {
-            request(addr, "GET", "/light", b"");
-        }
-    })
-    .await
-    .expect("client");
-    let stdout = child.stdout.take().expect("stdout");
-    let lines: Vec<String> = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .take(5)
-            .map_while(Result::ok)
-            .collect()
-    })
-    .await
-    .expect("reader");
+    requests(addr, "/light", 5).await;
+    let lines = read_lines(child.stdout.take().expect("stdout"), 5).await;
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(lines.len(), 5);

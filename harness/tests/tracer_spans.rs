@@ -4,7 +4,6 @@
 mod tracer_support;
 
 use std::{
-    collections::HashMap,
     io::{Read as _, Write as _},
     net::TcpStream,
     time::Duration,
@@ -80,13 +79,7 @@ async fn every_request_becomes_one_correct_span() {
 
     // Client ports can be reused across 600 connections: match each request
     // to the span on its port that lies within the client's own window.
-    let mut by_port: HashMap<i64, Vec<_>> = HashMap::new();
-    for span in &spans {
-        by_port
-            .entry(attr_i64(span, "client.port"))
-            .or_default()
-            .push(span);
-    }
+    let mut by_port = by_client_port(&spans);
     let mut too_short = Vec::new();
     for request in &sent {
         let window = request.started_unix_ns.saturating_sub(1_000_000)
@@ -199,13 +192,7 @@ async fn keep_alive_connections_give_one_span_per_request() {
     tracer.stop();
     let spans = server_spans(&sink, "flask-keepalive");
     assert_eq!(spans.len(), expected);
-    let mut by_port: HashMap<i64, Vec<_>> = HashMap::new();
-    for span in &spans {
-        by_port
-            .entry(attr_i64(span, "client.port"))
-            .or_default()
-            .push(span);
-    }
+    let mut by_port = by_client_port(&spans);
     assert_eq!(by_port.len(), 4, "four connections");
     for spans in by_port.values_mut() {
         spans.sort_by_key(|s| s.start_unix_ns);

@@ -102,6 +102,19 @@ pub struct ConnMeta {
     pub peer_addr: [u8; 16],
 }
 
+impl ConnMeta {
+    /// Addresses not seen (the connection predates the tracer).
+    pub const fn unknown(family: u16) -> Self {
+        Self {
+            family,
+            local_port: 0,
+            peer_port: 0,
+            _pad: 0,
+            peer_addr: [0; 16],
+        }
+    }
+}
+
 /// A task forked by, or exiting from, the traced tree.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,6 +144,21 @@ pub struct ConnState {
     pub is_http: u8,
     pub _pad: u8,
     pub meta: ConnMeta,
+}
+
+impl ConnState {
+    /// A connection at the start of its first message in both directions.
+    pub const fn new(established_ns: u64, owner_tgid: u32, meta: ConnMeta) -> Self {
+        Self {
+            established_ns,
+            owner_tgid,
+            recv_phase: PHASE_START,
+            send_phase: PHASE_START,
+            is_http: 0,
+            _pad: 0,
+            meta,
+        }
+    }
 }
 
 /// Indexes of the per-CPU counters the programs keep.

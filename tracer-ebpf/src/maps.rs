@@ -40,6 +40,27 @@ pub fn wakeup_flags() -> u64 {
     }
 }
 
+/// The common header of a record stamped now.
+pub fn header(kind: tracer_common::EventKind, tgid: u32) -> tracer_common::EventHeader {
+    tracer_common::EventHeader {
+        kind: kind as u32,
+        tgid,
+        // SAFETY: helper without preconditions.
+        timestamp_ns: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() },
+    }
+}
+
+/// Sends one fixed-size record, counting it when the ring buffer is full.
+pub fn emit<T: 'static>(record: T) {
+    match EVENTS.reserve::<T>(0) {
+        Some(mut entry) => {
+            entry.write(record);
+            entry.submit(wakeup_flags());
+        }
+        None => count(KernelCounter::RingBufferFull),
+    }
+}
+
 pub fn count(counter: KernelCounter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: per-CPU slot, programs do not preempt each other on one CPU.

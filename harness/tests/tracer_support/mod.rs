@@ -5,6 +5,7 @@
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 use std::{
+    collections::HashMap,
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpStream},
     path::PathBuf,
@@ -209,4 +210,36 @@ pub async fn eventually(timeout: Duration, mut probe: impl FnMut() -> bool) -> b
 
 pub fn keep_alive_class() -> WorkerClass {
     WorkerClass::Gthread { threads: 4 }
+}
+
+/// Server spans grouped by the client port they came from.
+pub fn by_client_port(spans: &[ReceivedSpan]) -> HashMap<i64, Vec<&ReceivedSpan>> {
+    let mut by_port: HashMap<i64, Vec<_>> = HashMap::new();
+    for span in spans {
+        by_port
+            .entry(attr_i64(span, "client.port"))
+            .or_default()
+            .push(span);
+    }
+    by_port
+}
+
+/// Reads `n` lines from a child's stdout (the tracer's `--print json`).
+pub async fn read_lines(stdout: std::process::ChildStdout, n: usize) -> Vec<String> {
+    tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .take(n)
+            .map_while(Result::ok)
+            .collect()
+    })
+    .await
+    .expect("reader")
+}
+
+/// `n` requests to `path`, one connection each, off the async runtime.
+pub async fn requests(addr: SocketAddr, path: &'static str, n: usize) -> Vec<Sent> {
+    tokio::task::spawn_blocking(move || (0..n).map(|_| request(addr, "GET", path, b"")).collect())
+        .await
+        .expect("client")
 }

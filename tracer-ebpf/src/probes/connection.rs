@@ -13,14 +13,13 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use tracer_common::{
-    AF_INET, ConnEvent, ConnMeta, ConnState, EventHeader, EventKind, IPPROTO_TCP, KernelCounter,
-    PHASE_START, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_LAST_ACK,
-    TCP_SYN_RECV,
+    AF_INET, ConnEvent, ConnMeta, ConnState, EventKind, IPPROTO_TCP, KernelCounter, TCP_CLOSE,
+    TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_LAST_ACK, TCP_SYN_RECV,
 };
 
 use crate::{
     config::config,
-    maps::{CONNECTIONS, EVENTS, LISTEN_PORTS, count, wakeup_flags},
+    maps::{CONNECTIONS, LISTEN_PORTS, count, emit, header},
 };
 
 /// Arguments (`TP_PROTO`): `const struct sock *sk, int oldstate, int newstate`.
@@ -60,22 +59,15 @@ fn try_on_state_change(ctx: &RawTracePointContext) -> Result<(), i32> {
         } else {
             peer_addr = field(sock, at.peer_addr_v6)?;
         }
-        let state = ConnState {
-            // SAFETY: helper without preconditions.
-            established_ns: unsafe { bpf_ktime_get_ns() },
-            owner_tgid: 0,
-            recv_phase: PHASE_START,
-            send_phase: PHASE_START,
-            is_http: 0,
+        let meta = ConnMeta {
+            family,
+            local_port,
+            peer_port,
             _pad: 0,
-            meta: ConnMeta {
-                family,
-                local_port,
-                peer_port,
-                _pad: 0,
-                peer_addr,
-            },
+            peer_addr,
         };
+        // SAFETY: helper without preconditions.
+        let state = ConnState::new(unsafe { bpf_ktime_get_ns() }, 0, meta);
         if CONNECTIONS.insert(&sock, &state, 0).is_err() {
             count(KernelCounter::ConnTableFull);
         }
@@ -101,20 +93,10 @@ fn try_on_state_change(ctx: &RawTracePointContext) -> Result<(), i32> {
 
 /// Sends a connection's opening or closing record.
 pub fn emit_conn_event(kind: EventKind, tgid: u32, sock: u64, state: &ConnState) {
-    let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
-        count(KernelCounter::RingBufferFull);
-        return;
-    };
-    entry.write(ConnEvent {
-        header: EventHeader {
-            kind: kind as u32,
-            tgid,
-            // SAFETY: helper without preconditions.
-            timestamp_ns: unsafe { bpf_ktime_get_ns() },
-        },
+    emit(ConnEvent {
+        header: header(kind, tgid),
         sock,
         established_ns: state.established_ns,
         meta: state.meta,
     });
-    entry.submit(wakeup_flags());
 }

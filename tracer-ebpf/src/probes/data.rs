@@ -18,7 +18,7 @@ use aya_ebpf::{
 use tracer_common::{
     AF_INET, AF_INET6, CAPTURE_LEN, ConnMeta, ConnState, DIRECTION_RECV, DataEvent, EventHeader,
     EventKind, IOVEC_BASE, IPPROTO_TCP, KernelCounter, MSG_PEEK, MSGHDR_IOV, PHASE_BODY,
-    PHASE_HEADERS, PHASE_START, PREFIX_LEN, SyscallAbi, prefix_may_start_http_message,
+    PHASE_HEADERS, PREFIX_LEN, SyscallAbi, prefix_may_start_http_message,
 };
 
 use crate::{
@@ -97,21 +97,7 @@ fn connection(sock: u64, tgid: u32, family: u16) -> Result<&'static mut ConnStat
         }
         return Ok(state);
     }
-    let fresh = ConnState {
-        established_ns: 0,
-        owner_tgid: tgid,
-        recv_phase: PHASE_START,
-        send_phase: PHASE_START,
-        is_http: 0,
-        _pad: 0,
-        meta: ConnMeta {
-            family,
-            local_port: 0,
-            peer_port: 0,
-            _pad: 0,
-            peer_addr: [0; 16],
-        },
-    };
+    let fresh = ConnState::new(0, tgid, ConnMeta::unknown(family));
     if CONNECTIONS.insert(&sock, &fresh, 0).is_err() {
         count(KernelCounter::ConnTableFull);
         return Err(0);

@@ -1,11 +1,11 @@
 //! Follows the process tree of the traced pids: children forked by a traced
 //! task become traced, exiting tasks are forgotten.
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TracePointContext};
-use tracer_common::{EventHeader, EventKind, KernelCounter, TaskEvent};
+use aya_ebpf::programs::TracePointContext;
+use tracer_common::{EventKind, KernelCounter, TaskEvent};
 
 use crate::{
     config::config,
-    maps::{EVENTS, TRACED_TASKS, count, current_task, is_traced, wakeup_flags},
+    maps::{TRACED_TASKS, count, current_task, emit, header, is_traced},
 };
 
 pub fn on_fork(ctx: &TracePointContext) {
@@ -23,7 +23,7 @@ pub fn on_fork(ctx: &TracePointContext) {
         count(KernelCounter::TaskTableFull);
         return;
     }
-    emit(EventKind::TaskFork, tgid, child);
+    emit_task(EventKind::TaskFork, tgid, child);
 }
 
 pub fn on_exit() {
@@ -32,23 +32,13 @@ pub fn on_exit() {
         return;
     }
     let _ = TRACED_TASKS.remove(&tid);
-    emit(EventKind::TaskExit, tgid, tid);
+    emit_task(EventKind::TaskExit, tgid, tid);
 }
 
-fn emit(kind: EventKind, tgid: u32, task: u32) {
-    let Some(mut entry) = EVENTS.reserve::<TaskEvent>(0) else {
-        count(KernelCounter::RingBufferFull);
-        return;
-    };
-    entry.write(TaskEvent {
-        header: EventHeader {
-            kind: kind as u32,
-            tgid,
-            // SAFETY: helper without preconditions.
-            timestamp_ns: unsafe { bpf_ktime_get_ns() },
-        },
+fn emit_task(kind: EventKind, tgid: u32, task: u32) {
+    emit(TaskEvent {
+        header: header(kind, tgid),
         task,
         _pad: 0,
     });
-    entry.submit(wakeup_flags());
 }
