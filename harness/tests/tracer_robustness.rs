@@ -231,3 +231,72 @@ async fn processes_outside_the_tree_are_not_traced() {
     );
     assert!(server.iter().all(|s| attr_str(s, "url.path") == "/missing"));
 }
+
+/// IPv6, and a request line that arrives in pieces (separate reads).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_and_a_request_line_in_pieces() {
+    let root = workspace_root();
+    let port = std::net::TcpListener::bind("[::1]:0")
+        .expect("IPv6 loopback")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let mut gunicorn = std::process::Command::new(root.join(".venv/bin/gunicorn"))
+        .args([
+            "-w",
+            "1",
+            "--no-control-socket",
+            "-b",
+            &format!("[::1]:{port}"),
+            "app:app",
+        ])
+        .current_dir(root.join("harness/app"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("gunicorn");
+    let addr: std::net::SocketAddr = format!("[::1]:{port}").parse().expect("addr");
+    assert!(
+        eventually(Duration::from_secs(20), || TcpStream::connect(addr).is_ok()).await,
+        "gunicorn on [::1] did not start"
+    );
+    let sink = start_sink().await;
+    let tracer = Tracer::start(gunicorn.id(), &sink, "flask-v6");
+    tokio::task::spawn_blocking(move || {
+        request(addr, "GET", "/light", b"");
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        for piece in [
+            &b"GE"[..],
+            b"T /missi",
+            b"ng?x=1 HTTP/1.1\r\nHo",
+            b"st: t\r\nConnection: close\r\n\r\n",
+        ] {
+            stream.write_all(piece).expect("send");
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).expect("read");
+        assert_eq!(status_of(&response), 404);
+    })
+    .await
+    .expect("client");
+    let arrived = eventually(Duration::from_secs(15), || {
+        server_spans(&sink, "flask-v6").len() >= 2
+    })
+    .await;
+    tracer.stop();
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(gunicorn.id() as i32, libc::SIGTERM) };
+    let _ = gunicorn.wait();
+    assert!(arrived, "spans: {}", server_spans(&sink, "flask-v6").len());
+    let spans = server_spans(&sink, "flask-v6");
+    assert_eq!(spans.len(), 2);
+    assert!(spans.iter().all(|s| attr_str(s, "client.address") == "::1"));
+    let split = spans
+        .iter()
+        .find(|s| attr_str(s, "url.path") == "/missing")
+        .expect("the request sent in pieces is traced");
+    assert_eq!(attr_i64(split, "http.response.status_code"), 404);
+    // It lasted at least as long as the pieces took to arrive.
+    assert!(split.end_unix_ns - split.start_unix_ns >= 90_000_000);
+}
