@@ -300,3 +300,64 @@ async fn ipv6_and_a_request_line_in_pieces() {
     // It lasted at least as long as the pieces took to arrive.
     assert!(split.end_unix_ns - split.start_unix_ns >= 90_000_000);
 }
+
+/// Killing the tracer with SIGKILL mid-load: clients see no error, and the
+/// kernel detaches every program of ours (they live only through our fds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_load_leaves_the_service_and_the_kernel_clean() {
+    let ours = [
+        "sock_recv_length",
+        "sock_send_length",
+        "inet_sock_set_state",
+        "sched_process_fork",
+        "sched_process_exit",
+    ];
+    let app = start_app(WorkerClass::Sync, &[]).await;
+    let sink = start_sink().await;
+    let tracer = Tracer::start(app.master_pid(), &sink, "flask-kill");
+    assert!(
+        loaded_programs()
+            .iter()
+            .any(|name| ours.contains(&name.as_str()))
+    );
+    let mut load =
+        harness::loadgen::LoadConfig::get(app.addr(), "/light", 200.0, Duration::from_secs(6));
+    load.connections = 10;
+    let running = tokio::spawn(harness::loadgen::run(load));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop(tracer); // SIGKILL (Tracer's Drop kills)
+    let report = running.await.expect("load task").expect("load ran");
+    let counts = &report.counts;
+    assert_eq!(
+        counts.ok_2xx, counts.scheduled,
+        "every request answered: {counts:?}"
+    );
+    assert_eq!(
+        counts.connect_errors + counts.timeouts + counts.resets + counts.other_errors,
+        0
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            !loaded_programs()
+                .iter()
+                .any(|name| ours.contains(&name.as_str()))
+        })
+        .await,
+        "programs still loaded after SIGKILL: {:?}",
+        loaded_programs()
+    );
+}
+
+/// Names of the BPF programs loaded in the kernel, from `bpftool`.
+fn loaded_programs() -> Vec<String> {
+    let output = std::process::Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+        .expect("bpftool runs (cargo xtask setup installs it)");
+    let programs: Vec<serde_json::Value> =
+        serde_json::from_slice(&output.stdout).expect("bpftool json");
+    programs
+        .iter()
+        .filter_map(|p| p.get("name").and_then(|n| n.as_str()).map(str::to_owned))
+        .collect()
+}

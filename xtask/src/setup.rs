@@ -8,14 +8,17 @@ use crate::exec::{self, command, output};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
-/// Debian packages: LLVM 22 for bpf-linker; nginx and wrk for the collateral-cost bench.
-const APT_PACKAGES: [&str; 6] = [
+/// Debian packages: LLVM 22 for bpf-linker; nginx and wrk for the
+/// collateral-cost bench; bpftool for the test that checks nothing of ours
+/// stays loaded after the tracer is killed.
+const APT_PACKAGES: [&str; 7] = [
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
     "nginx-light",
     "wrk",
+    "bpftool",
 ];
 
 pub fn ensure(root: &Path) -> Result<()> {
