@@ -172,8 +172,9 @@ async fn run(
             }
             if let Some(histogram) = &duration {
                 let seconds = request.end_ns.saturating_sub(request.start_ns) as f64 / 1e9;
-                histogram.record(seconds, &metric_attributes(&request));
-                batch.extend(builder.spans(&request));
+                let attributes = metric_attributes(&request);
+                histogram.record(seconds, &attributes);
+                batch.extend(builder.spans(&request, attributes));
             }
             if batch.len() < BATCH_SIZE * 3 {
                 continue;

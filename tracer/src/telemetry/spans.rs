@@ -68,10 +68,15 @@ impl SpanBuilder {
     }
 
     /// The server span, then its "in queue" and "processing" children.
-    pub fn spans(&self, request: &CompletedRequest) -> [SpanData; 3] {
+    /// `attributes` are the request's [`metric_attributes`], already built
+    /// for the duration histogram; the span-only ones are added to them.
+    pub fn spans(
+        &self,
+        request: &CompletedRequest,
+        mut attributes: Vec<KeyValue>,
+    ) -> [SpanData; 3] {
         let trace_id = self.ids.new_trace_id();
         let server_id = self.ids.new_span_id();
-        let mut attributes = metric_attributes(request);
         attributes.push(KeyValue::new("url.path", request.request.path.clone()));
         attributes.push(KeyValue::new("process.pid", i64::from(request.tgid)));
         if let Some((address, port)) = peer(request) {
@@ -186,6 +191,10 @@ mod tests {
         }
     }
 
+    fn spans_of(request: &CompletedRequest) -> [SpanData; 3] {
+        SpanBuilder::new(Clock::new()).spans(request, metric_attributes(request))
+    }
+
     fn attribute<'a>(span: &'a SpanData, key: &str) -> Option<&'a opentelemetry::Value> {
         span.attributes
             .iter()
@@ -195,7 +204,7 @@ mod tests {
 
     #[test]
     fn server_span_follows_semantic_conventions() {
-        let [server, queue, processing] = SpanBuilder::new(Clock::new()).spans(&request(200));
+        let [server, queue, processing] = spans_of(&request(200));
         assert_eq!(server.name, "GET /work");
         assert_eq!(server.span_kind, SpanKind::Server);
         assert_eq!(
@@ -231,10 +240,10 @@ mod tests {
 
     #[test]
     fn server_errors_are_errors() {
-        let [server, ..] = SpanBuilder::new(Clock::new()).spans(&request(503));
+        let [server, ..] = spans_of(&request(503));
         assert!(matches!(server.status, Status::Error { .. }));
         assert_eq!(attribute(&server, "error.type").unwrap().as_str(), "503");
-        let [client_error, ..] = SpanBuilder::new(Clock::new()).spans(&request(404));
+        let [client_error, ..] = spans_of(&request(404));
         assert_eq!(client_error.status, Status::Unset);
     }
 }
