@@ -75,6 +75,10 @@ pub struct DataEvent {
     pub bytes: u32,
     /// Bytes copied into `payload` (0 when the buffer is body or unreadable).
     pub captured: u32,
+    /// The connection's data records are numbered from 0, lost ones too, so
+    /// that the daemon sees a gap instead of pairing the wrong messages.
+    pub seq: u32,
+    pub _pad2: u32,
     pub payload: [u8; CAPTURE_LEN],
 }
 
@@ -143,6 +147,9 @@ pub struct ConnState {
     /// 1 once either direction started an HTTP message.
     pub is_http: u8,
     pub _pad: u8,
+    /// Number of the next data record ([`DataEvent::seq`]).
+    pub next_seq: u32,
+    pub _pad2: u32,
     pub meta: ConnMeta,
 }
 
@@ -156,6 +163,8 @@ impl ConnState {
             send_phase: PHASE_START,
             is_http: 0,
             _pad: 0,
+            next_seq: 0,
+            _pad2: 0,
             meta,
         }
     }
@@ -173,9 +182,12 @@ pub enum KernelCounter {
     ConnTableFull = 2,
     /// The traced-task map refused an insert (a fork went untraced).
     TaskTableFull = 3,
+    /// The record of a read that started a request was lost (ring buffer
+    /// full): that request gets no span.
+    RequestStartLost = 4,
 }
 
-pub const KERNEL_COUNTERS: u32 = 4;
+pub const KERNEL_COUNTERS: u32 = 5;
 
 /// Byte offsets of the tracepoint record fields the programs read, taken from
 /// tracefs `format` files at start-up, never assumed.
@@ -324,11 +336,11 @@ mod user {
 
 const _: () = {
     assert!(core::mem::size_of::<EventHeader>() == 16);
-    assert!(core::mem::size_of::<DataEvent>() == 16 + 8 + 4 + 4 + 4 + 4 + CAPTURE_LEN);
+    assert!(core::mem::size_of::<DataEvent>() == 16 + 8 + 4 + 4 + 4 + 4 + 4 + 4 + CAPTURE_LEN);
     assert!(core::mem::size_of::<ConnMeta>() == 24);
     assert!(core::mem::size_of::<ConnEvent>() == 56);
     assert!(core::mem::size_of::<TaskEvent>() == 24);
-    assert!(core::mem::size_of::<ConnState>() == 40);
+    assert!(core::mem::size_of::<ConnState>() == 48);
     assert!(CAPTURE_LEN.is_power_of_two());
     // The kernel scans the payload a u64 word at a time.
     assert!(core::mem::offset_of!(DataEvent, payload) % 8 == 0);

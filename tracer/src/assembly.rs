@@ -40,6 +40,8 @@ pub struct AssemblyCounters {
     pub unparseable_responses: u64,
     pub responses_without_request: u64,
     pub requests_without_response: u64,
+    /// Requests dropped because a later record of their connection was lost.
+    pub requests_lost_to_gaps: u64,
 }
 
 #[derive(Default)]
@@ -59,6 +61,9 @@ struct Connection {
     exchanges: VecDeque<Exchange>,
     requests_seen: u64,
     last_activity_ns: u64,
+    /// The data record number expected next; another one means records
+    /// were lost in between.
+    next_seq: u32,
 }
 
 struct Exchange {
@@ -128,6 +133,10 @@ impl Assembler {
             .entry(data.sock)
             .or_insert_with(|| Connection::new(data.tgid, None, None, data.timestamp_ns));
         connection.last_activity_ns = data.timestamp_ns;
+        if data.seq != connection.next_seq {
+            connection.forget_pending(&mut self.counters);
+        }
+        connection.next_seq = data.seq.wrapping_add(1);
         match data.direction {
             Direction::Recv => {
                 connection.on_request_bytes(data, keep_query, &mut self.counters, done)
@@ -189,7 +198,17 @@ impl Connection {
             exchanges: VecDeque::new(),
             requests_seen: 0,
             last_activity_ns: now_ns,
+            next_seq: 0,
         }
+    }
+
+    /// After lost records nothing pending can be trusted: a response could
+    /// be paired with the wrong request, or end at the wrong time.
+    fn forget_pending(&mut self, counters: &mut AssemblyCounters) {
+        let lost = self.exchanges.len() + usize::from(!self.inbound.is_empty());
+        counters.requests_lost_to_gaps += lost as u64;
+        self.exchanges.clear();
+        self.inbound.clear();
     }
 
     fn on_request_bytes(
@@ -209,18 +228,31 @@ impl Connection {
         }
         self.inbound.extend_from_slice(data.payload);
         let cut_short = (data.bytes as usize) > data.payload.len();
-        let head = match http::parse_request(&self.inbound, keep_query) {
-            Parsed::Complete(head) => Some(head),
-            Parsed::Partial if cut_short => http::parse_request_line(&self.inbound, keep_query),
-            Parsed::Partial if self.inbound.len() <= MAX_HEAD_BYTES => return,
-            Parsed::Partial | Parsed::Invalid => None,
-        };
-        self.inbound.clear();
-        let Some(request) = head else {
-            counters.unparseable_requests += 1;
-            return;
-        };
-        let first_read_ns = self.inbound_first_ns;
+        // Pipelined requests: one read may hold several heads.
+        while !self.inbound.is_empty() {
+            let (head, consumed) = match http::parse_request(&self.inbound, keep_query) {
+                Parsed::Complete(head) => {
+                    let consumed = head.head_len;
+                    (Some(head), consumed)
+                }
+                Parsed::Partial if cut_short => (
+                    http::parse_request_line(&self.inbound, keep_query),
+                    self.inbound.len(),
+                ),
+                Parsed::Partial if self.inbound.len() <= MAX_HEAD_BYTES => return,
+                Parsed::Partial | Parsed::Invalid => (None, self.inbound.len()),
+            };
+            self.inbound.drain(..consumed.min(self.inbound.len()));
+            let first_read_ns = self.inbound_first_ns;
+            self.inbound_first_ns = data.timestamp_ns;
+            match head {
+                Some(request) => self.start_exchange(request, first_read_ns),
+                None => counters.unparseable_requests += 1,
+            }
+        }
+    }
+
+    fn start_exchange(&mut self, request: RequestHead, first_read_ns: u64) {
         let start_ns = match self.established_ns {
             Some(established) if self.requests_seen == 0 && established <= first_read_ns => {
                 established
@@ -318,7 +350,40 @@ mod tests {
 
     const SOCK: u64 = 0xffff_8880_0000_1000;
 
-    fn open(assembler: &mut Assembler, established_ns: Option<u64>) {
+    /// An assembler fed one connection's records, numbered as the kernel does.
+    struct Feed {
+        assembler: Assembler,
+        seq: u32,
+    }
+
+    impl Feed {
+        fn new(keep_query: bool) -> Self {
+            Self {
+                assembler: Assembler::new(keep_query),
+                seq: 0,
+            }
+        }
+
+        /// A record the kernel numbered but could not deliver.
+        fn lose_record(&mut self) {
+            self.seq += 1;
+        }
+    }
+
+    impl std::ops::Deref for Feed {
+        type Target = Assembler;
+        fn deref(&self) -> &Assembler {
+            &self.assembler
+        }
+    }
+
+    impl std::ops::DerefMut for Feed {
+        fn deref_mut(&mut self) -> &mut Assembler {
+            &mut self.assembler
+        }
+    }
+
+    fn open(assembler: &mut Feed, established_ns: Option<u64>) {
         let meta = ConnMeta {
             family: tracer_common::AF_INET,
             local_port: 8000,
@@ -332,12 +397,13 @@ mod tests {
             established_ns,
             meta,
         };
+        assembler.seq = 0;
         assembler.handle(&event, &mut Vec::new());
     }
 
     /// Feeds one read or write; `captured` bytes of `bytes` reach the tracer.
     fn io(
-        assembler: &mut Assembler,
+        assembler: &mut Feed,
         direction: Direction,
         at: u64,
         bytes: &[u8],
@@ -351,24 +417,26 @@ mod tests {
             direction,
             bytes: bytes.len() as u32,
             payload: &bytes[..captured.min(bytes.len())],
+            seq: assembler.seq,
         };
+        assembler.seq += 1;
         assembler.handle(&Event::Data(data), &mut done);
         done
     }
 
-    fn request(assembler: &mut Assembler, at: u64, bytes: &[u8]) -> Vec<CompletedRequest> {
+    fn request(assembler: &mut Feed, at: u64, bytes: &[u8]) -> Vec<CompletedRequest> {
         io(assembler, Direction::Recv, at, bytes, bytes.len())
     }
 
-    fn response_head(assembler: &mut Assembler, at: u64, head: &[u8]) -> Vec<CompletedRequest> {
+    fn response_head(assembler: &mut Feed, at: u64, head: &[u8]) -> Vec<CompletedRequest> {
         io(assembler, Direction::Send, at, head, head.len())
     }
 
-    fn body(assembler: &mut Assembler, at: u64, len: usize) -> Vec<CompletedRequest> {
+    fn body(assembler: &mut Feed, at: u64, len: usize) -> Vec<CompletedRequest> {
         io(assembler, Direction::Send, at, &vec![b'x'; len], 0)
     }
 
-    fn close(assembler: &mut Assembler) -> Vec<CompletedRequest> {
+    fn close(assembler: &mut Feed) -> Vec<CompletedRequest> {
         let mut done = Vec::new();
         assembler.handle(
             &Event::ConnClose {
@@ -382,7 +450,7 @@ mod tests {
 
     #[test]
     fn one_request_from_handshake_to_last_byte() {
-        let mut assembler = Assembler::new(false);
+        let mut assembler = Feed::new(false);
         open(&mut assembler, Some(100));
         assert!(
             request(
@@ -418,7 +486,7 @@ mod tests {
 
     #[test]
     fn request_line_split_across_reads() {
-        let mut assembler = Assembler::new(false);
+        let mut assembler = Feed::new(false);
         open(&mut assembler, None);
         request(&mut assembler, 10, b"GE");
         request(&mut assembler, 20, b"T /split HT");
@@ -431,8 +499,83 @@ mod tests {
     }
 
     #[test]
+    fn pipelined_requests_each_get_a_span() {
+        let mut assembler = Feed::new(false);
+        open(&mut assembler, Some(5));
+        // Two whole heads and the start of a third in one read, the rest later.
+        request(
+            &mut assembler,
+            10,
+            b"GET /a HTTP/1.1\r\n\r\nHEAD /b HTTP/1.1\r\nHost: x\r\n\r\nGET /c HT",
+        );
+        request(&mut assembler, 20, b"TP/1.1\r\n\r\n");
+        let mut done = Vec::new();
+        for at in [30, 40, 50] {
+            done.extend(response_head(
+                &mut assembler,
+                at,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            ));
+        }
+        let spans: Vec<(&str, &str, u64, u64)> = done
+            .iter()
+            .map(|d| {
+                let r = &d.request;
+                (
+                    r.method.as_str(),
+                    r.path.as_str(),
+                    d.first_read_ns,
+                    d.end_ns,
+                )
+            })
+            .collect();
+        assert_eq!(
+            spans,
+            [
+                ("GET", "/a", 10, 30),
+                ("HEAD", "/b", 10, 40),
+                ("GET", "/c", 10, 50)
+            ]
+        );
+        assert_eq!(assembler.counters, AssemblyCounters::default());
+    }
+
+    #[test]
+    fn pipelined_head_after_a_cut_body_is_not_invented() {
+        let mut assembler = Feed::new(false);
+        open(&mut assembler, None);
+        // The kernel keeps the head and drops the body behind it.
+        let read = b"POST /p HTTP/1.1\r\nContent-Length: 4\r\n\r\nbodyGET /q HTTP/1.1\r\n\r\n";
+        let head_len = read.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        io(&mut assembler, Direction::Recv, 10, read, head_len);
+        let done = response_head(
+            &mut assembler,
+            20,
+            b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].request.path, "/p");
+        assert_eq!(assembler.counters, AssemblyCounters::default());
+    }
+
+    #[test]
+    fn a_lost_record_drops_what_it_touched_and_pairs_nothing_wrongly() {
+        let mut assembler = Feed::new(false);
+        open(&mut assembler, None);
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        request(&mut assembler, 10, b"GET /a HTTP/1.1\r\n\r\n");
+        assembler.lose_record(); // the response to /a
+        request(&mut assembler, 30, b"GET /b HTTP/1.1\r\n\r\n");
+        let done = response_head(&mut assembler, 40, ok);
+        assert_eq!(done.len(), 1);
+        assert_eq!((done[0].request.path.as_str(), done[0].end_ns), ("/b", 40));
+        assert_eq!(assembler.counters.requests_lost_to_gaps, 1);
+        assert!(close(&mut assembler).is_empty());
+    }
+
+    #[test]
     fn keep_alive_requests_start_at_their_first_read() {
-        let mut assembler = Assembler::new(false);
+        let mut assembler = Feed::new(false);
         open(&mut assembler, Some(5));
         let mut done = Vec::new();
         for (i, path) in ["/a", "/b", "/c"].iter().enumerate() {
@@ -459,7 +602,7 @@ mod tests {
 
     #[test]
     fn response_of_unknown_length_ends_with_the_connection() {
-        let mut assembler = Assembler::new(false);
+        let mut assembler = Feed::new(false);
         open(&mut assembler, None);
         request(&mut assembler, 1, b"GET /stream HTTP/1.1\r\n\r\n");
         response_head(
@@ -476,7 +619,7 @@ mod tests {
 
     #[test]
     fn idle_unknown_length_response_is_finished_by_sweep() {
-        let mut assembler = Assembler::new(false);
+        let mut assembler = Feed::new(false);
         open(&mut assembler, None);
         request(&mut assembler, 1, b"GET / HTTP/1.0\r\n\r\n");
         response_head(&mut assembler, 2, b"HTTP/1.0 200 OK\r\n\r\n");
@@ -492,7 +635,7 @@ mod tests {
 
     #[test]
     fn no_span_without_a_response() {
-        let mut assembler = Assembler::new(false);
+        let mut assembler = Feed::new(false);
         open(&mut assembler, None);
         request(
             &mut assembler,
@@ -505,7 +648,7 @@ mod tests {
 
     #[test]
     fn garbage_is_counted_not_traced() {
-        let mut assembler = Assembler::new(false);
+        let mut assembler = Feed::new(false);
         open(&mut assembler, None);
         request(&mut assembler, 1, b"GET /\x00\x01 HTTP/9\r\n\r\n");
         assert_eq!(assembler.counters.unparseable_requests, 1);
@@ -516,7 +659,7 @@ mod tests {
 
     #[test]
     fn a_head_cut_by_the_capture_still_gives_its_request_line() {
-        let mut assembler = Assembler::new(false);
+        let mut assembler = Feed::new(false);
         open(&mut assembler, None);
         let mut head = b"GET /big HTTP/1.1\r\nX-Pad: ".to_vec();
         head.extend(vec![b'a'; 9000]);
@@ -570,7 +713,7 @@ mod tests {
             response_cuts in proptest::collection::vec(0usize..200, 0..6),
             requests in 1usize..4,
         ) {
-            let mut assembler = Assembler::new(false);
+            let mut assembler = Feed::new(false);
             open(&mut assembler, Some(1));
             let mut done = Vec::new();
             let mut t = 10;
@@ -601,10 +744,40 @@ mod tests {
         }
 
         #[test]
+        fn pipelined_requests_in_any_split_each_get_a_span(
+            cuts in proptest::collection::vec(0usize..400, 0..8),
+            requests in 1usize..6,
+        ) {
+            let mut assembler = Feed::new(false);
+            open(&mut assembler, Some(1));
+            let (mut pipelined, mut responses) = (Vec::new(), Vec::new());
+            for i in 0..requests {
+                let (req, resp) = exchange_bytes(&format!("/p{i}"));
+                pipelined.extend(req);
+                responses.push(resp);
+            }
+            let mut done = Vec::new();
+            let mut t = 10;
+            for chunk in chunks(&pipelined, &cuts) {
+                t += 1;
+                done.extend(request(&mut assembler, t, &chunk));
+            }
+            for resp in responses {
+                t += 1;
+                done.extend(response_head(&mut assembler, t, &resp));
+            }
+            done.extend(close(&mut assembler));
+            let paths: Vec<String> = done.iter().map(|d| d.request.path.clone()).collect();
+            let expected: Vec<String> = (0..requests).map(|i| format!("/p{i}")).collect();
+            prop_assert_eq!(paths, expected);
+            prop_assert_eq!(assembler.counters, AssemblyCounters::default());
+        }
+
+        #[test]
         fn arbitrary_bytes_never_panic_nor_invent_spans(
             reads in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..600), 0..8),
         ) {
-            let mut assembler = Assembler::new(false);
+            let mut assembler = Feed::new(false);
             open(&mut assembler, None);
             let mut done = Vec::new();
             for (i, bytes) in reads.iter().enumerate() {

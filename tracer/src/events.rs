@@ -22,6 +22,8 @@ pub struct Data<'a> {
     pub bytes: u32,
     /// The captured start of those bytes (header bytes only).
     pub payload: &'a [u8],
+    /// The connection's record number ([`DataEvent::seq`]).
+    pub seq: u32,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -90,6 +92,7 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
                 direction,
                 bytes: event.bytes,
                 payload: &record[payload_start..payload_start + captured],
+                seq: event.seq,
             }))
         }
         EventKind::ConnOpen | EventKind::ConnClose => {
@@ -171,6 +174,8 @@ pub mod tests {
             _pad: [0; 3],
             bytes,
             captured: payload.len() as u32,
+            seq: 0,
+            _pad2: 0,
             payload: [0; CAPTURE_LEN],
         };
         event.payload[..payload.len()].copy_from_slice(payload);

@@ -19,6 +19,7 @@ pub struct Stats {
     unparseable_responses: AtomicU64,
     responses_without_request: AtomicU64,
     requests_without_response: AtomicU64,
+    requests_lost_to_gaps: AtomicU64,
 }
 
 impl Stats {
@@ -37,6 +38,8 @@ impl Stats {
             .store(counters.responses_without_request, Relaxed);
         self.requests_without_response
             .store(counters.requests_without_response, Relaxed);
+        self.requests_lost_to_gaps
+            .store(counters.requests_lost_to_gaps, Relaxed);
     }
 
     /// Every loss counter with its reason, as exported and logged.
@@ -50,6 +53,14 @@ impl Stats {
                 kernel(KernelCounter::ConnTableFull),
             ),
             ("task_table_full", kernel(KernelCounter::TaskTableFull)),
+            (
+                "request_start_lost",
+                kernel(KernelCounter::RequestStartLost),
+            ),
+            (
+                "request_record_lost",
+                self.requests_lost_to_gaps.load(Relaxed),
+            ),
             ("bad_record", self.bad_records.load(Relaxed)),
             (
                 "unparseable_request",

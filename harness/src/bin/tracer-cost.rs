@@ -23,6 +23,7 @@ use harness::{
     app::{App, AppOptions, Config},
     cpu::{BpfStatsGuard, bpf_prog_stats, read_stat},
     loadgen::{self, LoadConfig},
+    nginx::Nginx,
     sink::Sink,
 };
 
@@ -109,7 +110,7 @@ async fn main() -> Result<()> {
         "\n## Collateral cost on untraced processes ({} interleaved pairs, medians)\n",
         args.pairs
     )?;
-    let nginx = Nginx::start()?;
+    let nginx = UntracedNginx(Nginx::start(NGINX_PORT, 0).context("starting nginx")?);
     let mut syscall = Paired::default();
     let mut socket = Paired::default();
     let mut throughput = Paired::default();
@@ -295,47 +296,21 @@ fn max(values: &[f64]) -> f64 {
     values.iter().copied().fold(f64::NEG_INFINITY, f64::max)
 }
 
-/// An nginx (Debian's) serving a small file on core 0, outside the traced tree.
-struct Nginx {
-    child: Child,
-    _dir: TempDir,
-}
+/// An untraced nginx on core 0, measured under wrk.
+struct UntracedNginx(Nginx);
 
 const NGINX_PORT: u16 = 18_080;
 
-impl Nginx {
-    fn start() -> Result<Self> {
-        let dir = TempDir::new("tracer-cost-nginx")?;
-        fs::write(dir.0.join("index.html"), "x".repeat(612))?;
-        let conf = format!(
-            "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 1024; }}\nhttp {{\n access_log off;\n client_body_temp_path {d};\n proxy_temp_path {d};\n fastcgi_temp_path {d};\n uwsgi_temp_path {d};\n scgi_temp_path {d};\n server {{ listen 127.0.0.1:{NGINX_PORT}; root {d}; }}\n}}\n",
-            d = dir.0.display()
-        );
-        fs::write(dir.0.join("nginx.conf"), conf)?;
-        let child = Command::new("taskset")
-            .args(["-c", "0", "nginx", "-c"])
-            .arg(dir.0.join("nginx.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting nginx (cargo xtask setup installs it)")?;
-        let mut nginx = Self { child, _dir: dir };
-        std::thread::sleep(Duration::from_millis(500));
-        if let Some(status) = nginx.child.try_wait()? {
-            bail!("nginx exited at start ({status}): is port {NGINX_PORT} taken?");
-        }
-        Ok(nginx)
-    }
-
+impl UntracedNginx {
     /// (requests/s, nginx CPU µs per request) over one 3-second wrk run.
     fn measure(&self) -> Result<(f64, f64)> {
-        let before = harness::cpu::tree_cpu_ns(self.child.id())?;
+        let before = harness::cpu::tree_cpu_ns(self.0.pid())?;
         let output = Command::new("taskset")
             .args(["-c", "1", "wrk", "-t1", "-c32", "-d3s"])
-            .arg(format!("http://127.0.0.1:{NGINX_PORT}/index.html"))
+            .arg(format!("http://{}/index.html", self.0.addr()))
             .output()
             .context("running wrk (cargo xtask setup installs it)")?;
-        let cpu_ns = harness::cpu::tree_cpu_ns(self.child.id())? - before;
+        let cpu_ns = harness::cpu::tree_cpu_ns(self.0.pid())? - before;
         let text = String::from_utf8_lossy(&output.stdout);
         let requests: f64 = text
             .lines()
@@ -352,30 +327,5 @@ impl Nginx {
             })
             .with_context(|| format!("wrk output without Requests/sec:\n{text}"))?;
         Ok((rps, cpu_ns as f64 / 1e3 / requests))
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGTERM lets the master stop its workers; SIGKILL would orphan them.
-        // SAFETY: signals our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(prefix: &str) -> Result<Self> {
-        let path = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
-        fs::create_dir_all(&path)?;
-        Ok(Self(path))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
     }
 }

@@ -63,13 +63,15 @@ fn try_on_socket_io(
     let moved = moved as u32;
     let buffer = user_buffer(&config().syscalls);
 
-    let starts_or_continues_headers = phase == PHASE_HEADERS
-        || buffer.is_some_and(|buffer| buffer_may_start_message(buffer, moved));
-    if !starts_or_continues_headers {
+    let continues_headers = phase == PHASE_HEADERS;
+    let starts_message =
+        !continues_headers && buffer.is_some_and(|buffer| buffer_may_start_message(buffer, moved));
+    if !continues_headers && !starts_message {
         // Body bytes: only the time and size matter, and only for writes
         // (the last write of a response ends its span).
         if direction != DIRECTION_RECV && state.is_http != 0 {
-            emit_data(sock, tgid, tid, direction, moved, None);
+            let seq = next_seq(state);
+            emit_data(sock, tgid, tid, direction, moved, seq, None);
         }
         return Ok(());
     }
@@ -77,13 +79,31 @@ fn try_on_socket_io(
         state.is_http = 1;
         emit_conn_event(EventKind::ConnOpen, tgid, sock, state);
     }
-    let next_phase = emit_data(sock, tgid, tid, direction, moved, buffer);
+    let seq = next_seq(state);
+    let next_phase = match emit_data(sock, tgid, tid, direction, moved, seq, buffer) {
+        Some(phase) => phase,
+        None => {
+            if direction == DIRECTION_RECV && starts_message {
+                count(KernelCounter::RequestStartLost);
+            }
+            // The message is lost: copy nothing more of it (its rest may be
+            // body) until a new one starts.
+            PHASE_BODY
+        }
+    };
     if direction == DIRECTION_RECV {
         state.recv_phase = next_phase;
     } else {
         state.send_phase = next_phase;
     }
     Ok(())
+}
+
+/// Takes the number of the connection's next data record.
+fn next_seq(state: &mut ConnState) -> u32 {
+    let seq = state.next_seq;
+    state.next_seq = seq.wrapping_add(1);
+    seq
 }
 
 /// The connection's state, created on first use by a traced process.
@@ -150,16 +170,21 @@ fn buffer_may_start_message(buffer: u64, moved: u32) -> bool {
 }
 
 /// Sends one data record, copying the header part of `buffer` when given.
-/// Returns the phase the direction is in after these bytes.
-fn emit_data(sock: u64, tgid: u32, tid: u32, direction: u8, moved: u32, buffer: Option<u64>) -> u8 {
+/// Returns the phase the direction is in after these bytes, or `None` when
+/// the ring buffer is full and the record is lost.
+#[inline(always)]
+fn emit_data(
+    sock: u64,
+    tgid: u32,
+    tid: u32,
+    direction: u8,
+    moved: u32,
+    seq: u32,
+    buffer: Option<u64>,
+) -> Option<u8> {
     let Some(mut entry) = EVENTS.reserve::<DataEvent>(0) else {
         count(KernelCounter::RingBufferFull);
-        // Still follow the message, so that a later body is not copied.
-        return if buffer.is_some() {
-            PHASE_HEADERS
-        } else {
-            PHASE_BODY
-        };
+        return None;
     };
     let event = entry.as_mut_ptr();
     // SAFETY: `event` points to a reserved record of the right size; every
@@ -177,6 +202,8 @@ fn emit_data(sock: u64, tgid: u32, tid: u32, direction: u8, moved: u32, buffer: 
     event._pad = [0; 3];
     event.bytes = moved;
     event.captured = 0;
+    event.seq = seq;
+    event._pad2 = 0;
     let mut phase = PHASE_BODY;
     if let Some(buffer) = buffer {
         let len = if (moved as usize) < CAPTURE_LEN {
@@ -202,7 +229,7 @@ fn emit_data(sock: u64, tgid: u32, tid: u32, direction: u8, moved: u32, buffer: 
         }
     }
     entry.submit(wakeup_flags());
-    phase
+    Some(phase)
 }
 
 const WORDS: usize = CAPTURE_LEN / 8;
@@ -230,8 +257,11 @@ fn bytes_below(index: usize, limit: usize) -> u64 {
     }
 }
 
-/// Finds the end of the header block (just past the first `\r\n\r\n`) in
-/// the first `len` bytes and zeroes what follows it: that is body.
+/// Finds where the header part of the first `len` bytes ends and zeroes
+/// what follows: that is body. Header blocks end at `\r\n\r\n`; one that is
+/// followed by the start of another message (pipelined requests) does not
+/// end the header part. Returns `None` when the last header block is still
+/// open, so the next bytes continue it.
 ///
 /// It works a word at a time, with no branch per byte: a byte loop over 512
 /// bytes with a data-dependent exit makes the verifier walk every path and
@@ -241,7 +271,11 @@ fn keep_header_block(payload: &mut [u8; CAPTURE_LEN], len: usize) -> Option<usiz
     // assertion in tracer-common checks the offset) and WORDS * 8 long.
     let words = unsafe { &mut *(payload.as_mut_ptr() as *mut [u64; WORDS]) };
     let (mut prev_cr, mut prev_lf) = (0u64, 0u64);
-    let mut end = 0;
+    // Only `cut` and a flag are carried from a match to the next iteration
+    // (not its position), so the verifier can merge the paths of matches
+    // and misses.
+    let mut cut = 0;
+    let mut ends_at_len = false;
     let mut w = 0;
     while w <= WORDS {
         let (cr, lf) = if w < WORDS && w * 8 < len {
@@ -255,13 +289,21 @@ fn keep_header_block(payload: &mut [u8; CAPTURE_LEN], len: usize) -> Option<usiz
         };
         if w > 0 {
             // Pattern starts in word w-1: CR at p, LF at p+1, CR at p+2, LF at p+3.
+            // A message start has no CR or LF in its first bytes, so after an
+            // accepted end the next one is at least a word further: the
+            // lowest match of a word is the only one to look at.
             let starts = prev_cr
                 & ((prev_lf >> 8) | (lf << 56))
                 & ((prev_cr >> 16) | (cr << 48))
                 & ((prev_lf >> 24) | (lf << 40));
             if starts != 0 {
-                end = (w - 1) * 8 + (starts.trailing_zeros() as usize) / 8 + 4;
-                break;
+                let end = (w - 1) * 8 + (starts.trailing_zeros() as usize) / 8 + 4;
+                if end >= len {
+                    ends_at_len = true;
+                } else if !message_starts_at(words, end, len) {
+                    cut = end;
+                    break;
+                }
             }
         }
         if w * 8 >= len {
@@ -271,13 +313,42 @@ fn keep_header_block(payload: &mut [u8; CAPTURE_LEN], len: usize) -> Option<usiz
         prev_lf = lf;
         w += 1;
     }
-    if end == 0 {
-        return None;
+    if cut == 0 {
+        if !ends_at_len {
+            return None;
+        }
+        cut = len;
     }
     let mut w = 0;
     while w < WORDS && w * 8 < len {
-        words[w] &= bytes_below(w, end);
+        words[w] &= bytes_below(w, cut);
         w += 1;
     }
-    Some(end)
+    Some(cut)
+}
+
+/// Whether the bytes at `at` (below `len`) may start an HTTP message.
+#[inline(always)]
+fn message_starts_at(words: &[u64; WORDS], at: usize, len: usize) -> bool {
+    let available = if len - at < PREFIX_LEN {
+        len - at
+    } else {
+        PREFIX_LEN
+    };
+    prefix_may_start_http_message(word_at(words, at), available)
+}
+
+/// The eight bytes from `at`, as a little-endian word. Indexes are masked
+/// rather than compared so the verifier sees them bounded; a wrapped last
+/// word only supplies bytes past the capture, which callers ignore.
+#[inline(always)]
+fn word_at(words: &[u64; WORDS], at: usize) -> u64 {
+    let (index, shift) = (at / 8, (at % 8) * 8);
+    let low = words[index & (WORDS - 1)] >> shift;
+    let high = if shift != 0 {
+        words[(index + 1) & (WORDS - 1)] << (64 - shift)
+    } else {
+        0
+    };
+    low | high
 }
