@@ -2,10 +2,11 @@
 //! OTLP/HTTP with protobuf bodies (`POST /v1/traces`, `POST /v1/metrics`),
 //! both on loopback ports chosen by the caller (port 0 picks a free one).
 //!
-//! Every received span is flattened into a [`ReceivedSpan`] and kept, and
-//! counted per `service.name`; metrics are kept as [`ReceivedMetric`]s. The
-//! store only grows until [`Sink::clear`]: the benchmark clears it before
-//! each measured run.
+//! Every received span is counted per `service.name` (and its SERVER spans
+//! apart) and, unless the sink only counts, flattened into a [`ReceivedSpan`]
+//! and kept; metrics are kept as [`ReceivedMetric`]s. The store only grows
+//! until [`Sink::clear`]: the benchmark clears it before each measured run.
+//! A sink can also answer late, to play a slow collector.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -129,10 +130,30 @@ pub struct ReceivedMetric {
     pub points: Vec<MetricPoint>,
 }
 
+/// How the sink treats what it receives.
+#[derive(Clone, Copy, Debug)]
+pub struct SinkOptions {
+    /// Keep every span; without, spans are only counted, which keeps the
+    /// sink cheap at tens of thousands of spans per second.
+    pub keep_spans: bool,
+    /// Answer each trace export this late (a slow collector).
+    pub reply_delay: Duration,
+}
+
+impl Default for SinkOptions {
+    fn default() -> Self {
+        Self {
+            keep_spans: true,
+            reply_delay: Duration::ZERO,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Store {
     spans: Vec<ReceivedSpan>,
     per_service: BTreeMap<String, u64>,
+    server_per_service: BTreeMap<String, u64>,
     metrics: Vec<ReceivedMetric>,
 }
 
@@ -140,6 +161,7 @@ struct Store {
 struct Shared {
     store: Arc<Mutex<Store>>,
     total: Arc<watch::Sender<u64>>,
+    options: SinkOptions,
 }
 
 impl Shared {
@@ -151,14 +173,27 @@ impl Shared {
     }
 
     fn add_traces(&self, request: ExportTraceServiceRequest) {
-        let spans = flatten_traces(request);
-        let added = spans.len() as u64;
+        let mut added = 0;
         {
             let mut store = self.lock();
-            for span in &spans {
-                *store.per_service.entry(span.service.clone()).or_default() += 1;
+            for resource_spans in &request.resource_spans {
+                let service = resource_spans
+                    .resource
+                    .as_ref()
+                    .map(|r| service_name(&attributes(&r.attributes)))
+                    .unwrap_or_default();
+                let spans = resource_spans.scope_spans.iter().flat_map(|s| &s.spans);
+                let (all, server) = spans.fold((0, 0), |(all, server), span| {
+                    let is_server = span.kind == SpanKind::Server as i32;
+                    (all + 1, server + u64::from(is_server))
+                });
+                *store.per_service.entry(service.clone()).or_default() += all;
+                *store.server_per_service.entry(service).or_default() += server;
+                added += all;
             }
-            store.spans.extend(spans);
+            if self.options.keep_spans {
+                store.spans.extend(flatten_traces(request));
+            }
         }
         self.total.send_modify(|total| *total += added);
     }
@@ -182,6 +217,15 @@ impl Sink {
     /// Listens for OTLP/gRPC on `grpc` and OTLP/HTTP on `http`. Must be
     /// called inside a tokio runtime; the servers run as tasks on it.
     pub async fn start(grpc: SocketAddr, http: SocketAddr) -> Result<Sink, SinkError> {
+        Self::start_with(grpc, http, SinkOptions::default()).await
+    }
+
+    /// [`Sink::start`] with other [`SinkOptions`].
+    pub async fn start_with(
+        grpc: SocketAddr,
+        http: SocketAddr,
+        options: SinkOptions,
+    ) -> Result<Sink, SinkError> {
         let bind = |addr: SocketAddr, protocol: &'static str| async move {
             TcpListener::bind(addr)
                 .await
@@ -197,6 +241,7 @@ impl Sink {
         let shared = Shared {
             store: Arc::default(),
             total: Arc::new(watch::channel(0).0),
+            options,
         };
         let (stop, stopped) = watch::channel(false);
         let tasks = vec![
@@ -230,6 +275,16 @@ impl Sink {
         self.shared
             .lock()
             .per_service
+            .get(service)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// SERVER spans received from `service` since the last clear.
+    pub fn server_span_count(&self, service: &str) -> u64 {
+        self.shared
+            .lock()
+            .server_per_service
             .get(service)
             .copied()
             .unwrap_or(0)
@@ -292,6 +347,7 @@ impl TraceService for Grpc {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        tokio::time::sleep(self.0.options.reply_delay).await;
         self.0.add_traces(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
@@ -381,6 +437,7 @@ async fn handle_http(
         Err(_) => return reply(StatusCode::PAYLOAD_TOO_LARGE, Bytes::new()),
     };
     let response = if path == "/v1/traces" {
+        tokio::time::sleep(shared.options.reply_delay).await;
         ExportTraceServiceRequest::decode(body).map(|r| {
             shared.add_traces(r);
             ExportTraceServiceResponse::default().encode_to_vec()

@@ -268,7 +268,7 @@ async fn warn_if_unreachable(endpoint: &str) {
     match tokio::time::timeout(Duration::from_secs(2), connect).await {
         Ok(Ok(_)) => {}
         Ok(Err(err)) => log::warn!(
-            "OTLP collector {endpoint} is unreachable ({err}); tracing goes on, spans are counted as dropped until it answers"
+            "OTLP collector {endpoint} is unreachable ({err}); tracing goes on; requests are kept (up to --queue-size) and sent when it answers"
         ),
         Err(_) => log::warn!("OTLP collector {endpoint} did not answer within 2s; tracing goes on"),
     }

@@ -11,7 +11,8 @@ use crate::assembly::AssemblyCounters;
 pub struct Stats {
     pub requests: AtomicU64,
     pub spans_exported: AtomicU64,
-    pub export_failed_spans: AtomicU64,
+    /// Requests dropped from a full export queue or unsent at shutdown.
+    pub export_dropped: AtomicU64,
     pub queue_full: AtomicU64,
     pub bad_records: AtomicU64,
     kernel: [AtomicU64; KERNEL_COUNTERS as usize],
@@ -79,7 +80,7 @@ impl Stats {
                 self.requests_without_response.load(Relaxed),
             ),
             ("export_queue_full", self.queue_full.load(Relaxed)),
-            ("export_failed", self.export_failed_spans.load(Relaxed)),
+            ("export_dropped", self.export_dropped.load(Relaxed)),
         ]
     }
 

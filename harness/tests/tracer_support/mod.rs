@@ -15,7 +15,9 @@ use std::{
 };
 
 use harness::{
+    affinity::pin_current_thread,
     app::{App, AppOptions, Config, WorkerClass},
+    loadgen::{self, LoadConfig, LoadReport},
     sink::{ReceivedSpan, Sink},
 };
 
@@ -59,10 +61,16 @@ pub struct Tracer {
 
 impl Tracer {
     pub fn start(pid: u32, sink: &Sink, service: &str) -> Tracer {
+        Self::start_with(pid, sink, service, &[])
+    }
+
+    /// [`Tracer::start`] with more command-line arguments.
+    pub fn start_with(pid: u32, sink: &Sink, service: &str, extra_args: &[&str]) -> Tracer {
         let mut child = Command::new(tracer_bin())
             .args(["--pid", &pid.to_string(), "--service-name", service])
             .args(["--otlp-endpoint", &format!("http://{}", sink.grpc_addr())])
             .args(["--stats-interval", "1"])
+            .args(extra_args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -94,6 +102,21 @@ impl Tracer {
                 Err(_) => panic!("the tracer did not log {needle:?} within {timeout:?}"),
             }
         }
+    }
+
+    /// Resident memory in KiB: (now, peak).
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the tracer is running");
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|kib| kib.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in /proc/<tracer>/status"))
+        };
+        (field("VmRSS:"), field("VmHWM:"))
     }
 
     /// SIGTERM, then the exit status: the tracer must flush and exit 0.
@@ -196,6 +219,25 @@ pub fn dropped(sink: &Sink, reason: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The loss reasons that count requests (not records or spans): a request
+/// the tracer saw but could not trace shows up in exactly one of them.
+pub const REQUEST_LOSSES: [&str; 6] = [
+    "request_start_lost",
+    "request_record_lost",
+    "request_without_response",
+    "unparseable_request",
+    "export_queue_full",
+    "export_dropped",
+];
+
+/// Requests the tracer reported lost, by all of [`REQUEST_LOSSES`].
+pub fn requests_lost(sink: &Sink) -> f64 {
+    REQUEST_LOSSES
+        .iter()
+        .map(|reason| dropped(sink, reason))
+        .sum()
+}
+
 /// Polls `probe` until it holds or `timeout` passes.
 pub async fn eventually(timeout: Duration, mut probe: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -242,4 +284,22 @@ pub async fn requests(addr: SocketAddr, path: &'static str, n: usize) -> Vec<Sen
     tokio::task::spawn_blocking(move || (0..n).map(|_| request(addr, "GET", path, b"")).collect())
         .await
         .expect("client")
+}
+
+/// Open-loop GETs of `path` at `rate` over 20 keep-alive connections, from a
+/// thread of its own on core 1 (servers run on core 0).
+pub async fn drive(addr: SocketAddr, path: &str, rate: f64, duration: Duration) -> LoadReport {
+    let mut config = LoadConfig::get(addr, path, rate, duration);
+    config.connections = 20;
+    tokio::task::spawn_blocking(move || {
+        pin_current_thread(1).expect("pin to core 1");
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(loadgen::run(config))
+            .expect("load runs")
+    })
+    .await
+    .expect("load thread")
 }

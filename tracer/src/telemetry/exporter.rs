@@ -1,23 +1,24 @@
 //! The export task: takes completed requests from a bounded queue, prints
-//! them as JSON if asked, records the duration histogram, and sends spans in
-//! batches over OTLP. Failures and drops are counted, never retried without
-//! bound: a dead collector costs memory only up to the queue size.
-use std::{sync::Arc, time::Duration};
+//! them as JSON if asked, records the duration histogram, and hands spans in
+//! batches to [`Delivery`], which retries within a bounded queue: a dead or
+//! slow collector costs memory only up to the queue size, and drops are
+//! counted.
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use opentelemetry::{
     KeyValue,
     metrics::{Histogram, MeterProvider as _},
 };
 use opentelemetry_otlp::{MetricExporter, Protocol, SpanExporter, WithExportConfig};
-use opentelemetry_sdk::{
-    Resource,
-    metrics::SdkMeterProvider,
-    trace::{SpanData, SpanExporter as _},
-};
+use opentelemetry_sdk::{Resource, metrics::SdkMeterProvider, trace::SpanExporter as _};
 use tokio::sync::mpsc;
 
 use super::{
     clock::Clock,
+    delivery::{BATCH_SIZE, Batch, Delivery},
     json,
     spans::{SpanBuilder, metric_attributes},
 };
@@ -27,7 +28,6 @@ use crate::{assembly::CompletedRequest, stats::Stats};
 const DURATION_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
-const BATCH_SIZE: usize = 512;
 const BATCH_DELAY: Duration = Duration::from_millis(500);
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -87,7 +87,14 @@ pub fn start(
             .build();
         exporters = Some((spans, meters));
     }
-    let task = tokio::spawn(run(receiver, exporters, config.print_json, clock, stats));
+    let task = tokio::spawn(run(
+        receiver,
+        exporters,
+        config.print_json,
+        config.queue_capacity,
+        clock,
+        stats,
+    ));
     Ok(ExportHandle { queue, task })
 }
 
@@ -132,11 +139,19 @@ async fn run(
     mut receiver: mpsc::Receiver<CompletedRequest>,
     exporters: Option<(SpanExporter, SdkMeterProvider)>,
     print_json: bool,
+    queue_capacity: usize,
     clock: Clock,
     stats: Arc<Stats>,
 ) {
-    let builder = SpanBuilder::new(clock);
-    let duration: Option<Histogram<f64>> = exporters.as_ref().map(|(_, meters)| {
+    let (mut delivery, meters) = match exporters {
+        Some((spans, meters)) => {
+            let builder = SpanBuilder::new(clock);
+            let delivery = Delivery::new(spans, builder, stats.clone(), queue_capacity);
+            (Some(delivery), Some(meters))
+        }
+        None => (None, None),
+    };
+    let duration: Option<Histogram<f64>> = meters.as_ref().map(|meters| {
         let meter = meters.meter("tracer");
         let dropped_stats = stats.clone();
         let _dropped = meter
@@ -155,60 +170,44 @@ async fn run(
             .with_boundaries(DURATION_BUCKETS.to_vec())
             .build()
     });
-    let mut batch: Vec<SpanData> = Vec::with_capacity(BATCH_SIZE * 3);
+    let mut batch: Batch = Vec::with_capacity(BATCH_SIZE);
     let mut ticker = tokio::time::interval(BATCH_DELAY);
     loop {
-        let received = tokio::select! {
-            request = receiver.recv() => match request {
-                Some(request) => Some(request),
-                None => break,
-            },
-            _ = ticker.tick() => None,
-        };
-        if let Some(request) = received {
-            if print_json {
-                use std::io::Write as _;
-                let _ = writeln!(std::io::stdout(), "{}", json::line(&request, &clock));
+        let in_flight = delivery.as_ref().is_some_and(Delivery::busy);
+        tokio::select! {
+            request = receiver.recv() => {
+                let Some(request) = request else { break };
+                if print_json {
+                    use std::io::Write as _;
+                    let _ = writeln!(std::io::stdout(), "{}", json::line(&request, &clock));
+                }
+                if let Some(histogram) = &duration {
+                    let seconds = request.end_ns.saturating_sub(request.start_ns) as f64 / 1e9;
+                    let attributes = metric_attributes(&request);
+                    histogram.record(seconds, &attributes);
+                    batch.push((request, attributes));
+                }
+                if batch.len() < BATCH_SIZE {
+                    continue;
+                }
             }
-            if let Some(histogram) = &duration {
-                let seconds = request.end_ns.saturating_sub(request.start_ns) as f64 / 1e9;
-                let attributes = metric_attributes(&request);
-                histogram.record(seconds, &attributes);
-                batch.extend(builder.spans(&request, attributes));
-            }
-            if batch.len() < BATCH_SIZE * 3 {
+            _ = ticker.tick() => {}
+            _ = async { delivery.as_mut().expect("busy implies a delivery").finished().await }, if in_flight => {
                 continue;
             }
         }
-        if let Some((exporter, _)) = &exporters {
-            export(exporter, &mut batch, &stats).await;
+        if let Some(delivery) = &mut delivery {
+            delivery.push(std::mem::take(&mut batch));
+            delivery.dispatch();
         }
     }
-    if let Some((exporter, meters)) = exporters {
-        export(&exporter, &mut batch, &stats).await;
-        if let Err(err) = meters.shutdown() {
-            log::warn!("final metrics export failed: {err}");
-        }
+    if let Some(delivery) = &mut delivery {
+        delivery.push(std::mem::take(&mut batch));
+        delivery.flush(Instant::now() + EXPORT_TIMEOUT).await;
     }
-}
-
-async fn export(exporter: &SpanExporter, batch: &mut Vec<SpanData>, stats: &Stats) {
-    if batch.is_empty() {
-        return;
-    }
-    let spans = std::mem::take(batch);
-    let count = spans.len() as u64;
-    use std::sync::atomic::Ordering::Relaxed;
-    match exporter.export(spans).await {
-        Ok(()) => {
-            stats.spans_exported.fetch_add(count, Relaxed);
-        }
-        Err(err) => {
-            let before = stats.export_failed_spans.fetch_add(count, Relaxed);
-            // Say it once, then only in the periodic summary.
-            if before == 0 {
-                log::warn!("OTLP export failed, dropping {count} spans (tracing goes on): {err}");
-            }
-        }
+    if let Some(meters) = meters
+        && let Err(err) = meters.shutdown()
+    {
+        log::warn!("final metrics export failed: {err}");
     }
 }

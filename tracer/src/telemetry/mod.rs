@@ -1,6 +1,7 @@
 //! From completed requests to what leaves the host: OTLP spans and metrics,
 //! and JSON lines for debugging.
 pub mod clock;
+pub mod delivery;
 pub mod exporter;
 pub mod json;
 pub mod spans;

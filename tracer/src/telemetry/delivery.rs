@@ -1,0 +1,189 @@
+//! Getting batches of requests to the collector as spans, the way the
+//! OpenTelemetry collector's exporters do it: a bounded sending queue, a few
+//! exports in flight so that a slow collector does not stop the tracer from
+//! draining its own queue, and retries with exponential backoff while the
+//! collector is away. What does not fit in the queue is dropped, oldest
+//! first, and counted; nothing grows without bound.
+use std::{
+    collections::VecDeque,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::{Duration, Instant},
+};
+
+use opentelemetry::KeyValue;
+use opentelemetry_otlp::SpanExporter;
+use opentelemetry_sdk::{error::OTelSdkResult, trace::SpanExporter as _};
+use tokio::task::JoinSet;
+
+use super::spans::SpanBuilder;
+use crate::{assembly::CompletedRequest, stats::Stats};
+
+/// Requests, each with its metric attributes (built once, for the histogram).
+pub type Batch = Vec<(CompletedRequest, Vec<KeyValue>)>;
+
+/// Requests per export at most (three spans each).
+pub const BATCH_SIZE: usize = 512;
+/// Exports at once while the collector answers; one while it does not.
+const MAX_IN_FLIGHT: usize = 2;
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+pub struct Delivery {
+    exporter: Arc<SpanExporter>,
+    builder: Arc<SpanBuilder>,
+    stats: Arc<Stats>,
+    /// Requests allowed to wait here, in flight included.
+    capacity: usize,
+    waiting: VecDeque<Batch>,
+    /// Requests in `waiting` and in flight.
+    held: usize,
+    in_flight: JoinSet<(Batch, usize, OTelSdkResult)>,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    /// When exports started failing, while they do.
+    outage_since: Option<Instant>,
+}
+
+impl Delivery {
+    pub fn new(
+        exporter: SpanExporter,
+        builder: SpanBuilder,
+        stats: Arc<Stats>,
+        capacity: usize,
+    ) -> Self {
+        Self {
+            exporter: Arc::new(exporter),
+            builder: Arc::new(builder),
+            stats,
+            capacity,
+            waiting: VecDeque::new(),
+            held: 0,
+            in_flight: JoinSet::new(),
+            retry_at: None,
+            backoff: FIRST_BACKOFF,
+            outage_since: None,
+        }
+    }
+
+    /// Queues a batch, dropping the oldest waiting requests beyond the capacity.
+    pub fn push(&mut self, batch: Batch) {
+        if batch.is_empty() {
+            return;
+        }
+        self.held += batch.len();
+        self.waiting.push_back(batch);
+        while self.held > self.capacity {
+            let Some(oldest) = self.waiting.front_mut() else {
+                break;
+            };
+            let excess = (self.held - self.capacity).min(oldest.len());
+            oldest.drain(..excess);
+            if oldest.is_empty() {
+                self.waiting.pop_front();
+            }
+            self.held -= excess;
+            self.stats.export_dropped.fetch_add(excess as u64, Relaxed);
+        }
+        self.dispatch();
+    }
+
+    /// Whether exports are in flight (then [`Delivery::finished`] resolves).
+    pub fn busy(&self) -> bool {
+        !self.in_flight.is_empty()
+    }
+
+    /// Waits for one export in flight to end and handles its outcome.
+    pub async fn finished(&mut self) {
+        let Some(outcome) = self.in_flight.join_next().await else {
+            return;
+        };
+        match outcome {
+            Ok((batch, spans, Ok(()))) => {
+                self.held -= batch.len();
+                self.stats.spans_exported.fetch_add(spans as u64, Relaxed);
+                if let Some(since) = self.outage_since.take() {
+                    log::info!(
+                        "OTLP export resumed after {:.0} s",
+                        since.elapsed().as_secs_f64()
+                    );
+                }
+                self.backoff = FIRST_BACKOFF;
+            }
+            Ok((batch, _, Err(err))) => {
+                if self.outage_since.is_none() {
+                    self.outage_since = Some(Instant::now());
+                    log::warn!(
+                        "OTLP export failed: {err}; keeping up to {} requests and retrying \
+                         (oldest dropped and counted beyond that)",
+                        self.capacity
+                    );
+                }
+                self.retry_at = Some(Instant::now() + self.backoff);
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                self.waiting.push_front(batch);
+            }
+            Err(err) => log::error!("an export task failed: {err}"),
+        }
+        self.dispatch();
+    }
+
+    /// Starts exports of waiting batches, as many as the state allows.
+    pub fn dispatch(&mut self) {
+        if self.retry_at.is_some_and(|at| Instant::now() < at) {
+            return;
+        }
+        self.retry_at = None;
+        let limit = if self.outage_since.is_some() {
+            1
+        } else {
+            MAX_IN_FLIGHT
+        };
+        while self.in_flight.len() < limit {
+            let Some(mut batch) = self.waiting.pop_front() else {
+                break;
+            };
+            // Small batches that queued up behind a slow collector go together.
+            while self
+                .waiting
+                .front()
+                .is_some_and(|next| batch.len() + next.len() <= BATCH_SIZE)
+            {
+                batch.extend(self.waiting.pop_front().into_iter().flatten());
+            }
+            let (exporter, builder) = (self.exporter.clone(), self.builder.clone());
+            self.in_flight.spawn(async move {
+                let spans: Vec<_> = batch
+                    .iter()
+                    .flat_map(|(request, attributes)| builder.spans(request, attributes.clone()))
+                    .collect();
+                let count = spans.len();
+                let result = exporter.export(spans).await;
+                (batch, count, result)
+            });
+        }
+    }
+
+    /// Sends what is held until `deadline`; what is left then is counted lost.
+    pub async fn flush(&mut self, deadline: Instant) {
+        self.retry_at = None;
+        self.dispatch();
+        while self.busy() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(left, self.finished()).await.is_err() {
+                break;
+            }
+            // At shutdown a failed export is not retried later: it is lost.
+            if self.outage_since.is_some() {
+                break;
+            }
+        }
+        self.in_flight.abort_all();
+        let lost = self.held as u64;
+        if lost > 0 {
+            self.stats.export_dropped.fetch_add(lost, Relaxed);
+            log::warn!("{lost} requests could not be exported before shutdown");
+        }
+        self.waiting.clear();
+        self.held = 0;
+    }
+}
