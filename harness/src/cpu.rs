@@ -197,25 +197,10 @@ pub fn parse_prog_fdinfo(text: &str) -> Option<(u64, u64, u64)> {
 /// Sums the statistics of every BPF program fd of `pid` (each program once,
 /// even if several fds refer to it).
 pub fn bpf_prog_stats(pid: u32) -> Result<BpfProgStats, CpuError> {
-    let dir = PathBuf::from(format!("/proc/{pid}/fd"));
-    let entries = fs::read_dir(&dir).map_err(|source| CpuError::Read { path: dir, source })?;
     let mut seen = BTreeSet::new();
     let mut stats = BpfProgStats::default();
-    for entry in entries.filter_map(Result::ok) {
-        let is_prog =
-            fs::read_link(entry.path()).is_ok_and(|t| t.as_os_str() == "anon_inode:bpf-prog");
-        if !is_prog {
-            continue;
-        }
-        let info = PathBuf::from(format!(
-            "/proc/{pid}/fdinfo/{}",
-            entry.file_name().to_string_lossy()
-        ));
-        let Some((id, run_time_ns, run_cnt)) = fs::read_to_string(&info)
-            .ok()
-            .as_deref()
-            .and_then(parse_prog_fdinfo)
-        else {
+    for info in bpf_fdinfos(pid, "anon_inode:bpf-prog")? {
+        let Some((id, run_time_ns, run_cnt)) = parse_prog_fdinfo(&info) else {
             continue;
         };
         if seen.insert(id) {
@@ -225,6 +210,32 @@ pub fn bpf_prog_stats(pid: u32) -> Result<BpfProgStats, CpuError> {
         }
     }
     Ok(stats)
+}
+
+/// The ids of the BPF maps `pid` holds file descriptors of.
+pub fn bpf_map_ids(pid: u32) -> Result<BTreeSet<u32>, CpuError> {
+    Ok(bpf_fdinfos(pid, "anon_inode:bpf-map")?
+        .iter()
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("map_id:"))
+                .and_then(|id| id.trim().parse().ok())
+        })
+        .collect())
+}
+
+/// The fdinfo texts of `pid`'s descriptors that link to `target`.
+fn bpf_fdinfos(pid: u32, target: &str) -> Result<Vec<String>, CpuError> {
+    let dir = PathBuf::from(format!("/proc/{pid}/fd"));
+    let entries = fs::read_dir(&dir).map_err(|source| CpuError::Read { path: dir, source })?;
+    Ok(entries
+        .filter_map(Result::ok)
+        .filter(|entry| fs::read_link(entry.path()).is_ok_and(|t| t.as_os_str() == target))
+        .filter_map(|entry| {
+            let info = format!("/proc/{pid}/fdinfo/{}", entry.file_name().to_string_lossy());
+            fs::read_to_string(info).ok()
+        })
+        .collect())
 }
 
 /// Enables `kernel.bpf_stats_enabled` and restores the old value on drop.

@@ -16,4 +16,5 @@ pub mod plot;
 pub mod report;
 pub mod setup;
 pub mod sink;
+pub mod soak;
 pub mod testserver;

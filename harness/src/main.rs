@@ -15,6 +15,7 @@ use harness::bench::{self, BenchOptions, PUBLISHED_LEVELS, Progress, Rates};
 use harness::loadgen::{self, LoadConfig};
 use harness::setup::{Setup, host_name};
 use harness::sink::Sink;
+use harness::soak::{self, SoakOptions};
 use harness::{affinity, plot, report};
 
 #[derive(Parser)]
@@ -32,6 +33,32 @@ enum Command {
     Load(LoadArgs),
     /// Run the OTLP sink alone and print span counts until Ctrl-C.
     Sink(SinkArgs),
+    /// Trace the app for minutes while gunicorn re-forks its workers; fail
+    /// unless every request became a span, memory stayed flat and no map
+    /// entry outlived its task.
+    Soak(SoakArgs),
+}
+
+#[derive(Args)]
+struct SoakArgs {
+    /// Seconds of load.
+    #[arg(long, default_value_t = 600)]
+    seconds: u64,
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// gunicorn's --max-requests (a quarter of it as jitter).
+    #[arg(long, default_value_t = 1000)]
+    max_requests: u32,
+    /// The tracer binary.
+    #[arg(long)]
+    tracer: PathBuf,
+    /// Also write the report here (markdown).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/app"))]
+    app_dir: PathBuf,
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv"))]
+    venv: PathBuf,
 }
 
 #[derive(Args)]
@@ -134,6 +161,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => run_bench(*args),
         Command::Load(args) => run_load(args),
         Command::Sink(args) => run_sink(args),
+        Command::Soak(args) => run_soak(args),
     }
 }
 
@@ -291,4 +319,29 @@ fn run_sink(args: SinkArgs) -> anyhow::Result<()> {
         sink.shutdown().await;
         Ok(())
     })
+}
+
+fn run_soak(args: SoakArgs) -> anyhow::Result<()> {
+    if affinity::online_cpus() > 1 {
+        affinity::pin_current_thread(1).context("pinning to core 1")?;
+    }
+    let options = SoakOptions {
+        duration: Duration::from_secs(args.seconds),
+        rate: args.rate,
+        max_requests: args.max_requests,
+        tracer: args.tracer,
+        app_dir: args.app_dir,
+        venv: args.venv,
+    };
+    let report = runtime()?.block_on(soak::run(&options))?;
+    let text = report.markdown(&options)?;
+    println!("{text}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, &text).with_context(|| format!("writing {}", out.display()))?;
+    }
+    let failures = report.failures();
+    if !failures.is_empty() {
+        bail!("soak failed: {}", failures.join("; "));
+    }
+    Ok(())
 }
