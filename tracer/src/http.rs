@@ -41,11 +41,12 @@ pub struct ResponseHead {
 }
 
 impl ResponseHead {
-    /// Total bytes of head and body, when the head says.
+    /// Total bytes of head and body, when the head says. A length no
+    /// response can reach (`Content-Length: 18446744073709551615`) saturates.
     pub fn total_len(&self) -> Option<u64> {
         match self.body {
             BodyLength::None => Some(self.head_len as u64),
-            BodyLength::Known(len) => Some(self.head_len as u64 + len),
+            BodyLength::Known(len) => Some((self.head_len as u64).saturating_add(len)),
             BodyLength::Unknown => None,
         }
     }
@@ -201,5 +202,16 @@ mod tests {
             Parsed::Invalid
         );
         assert_eq!(parse_response(b"HTTP/1.1 2", "GET"), Parsed::Partial);
+    }
+
+    /// Found by the fuzzer: the largest Content-Length overflowed the total.
+    #[test]
+    fn absurd_content_length_does_not_overflow() {
+        let absurd = b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551615\r\n\r\n";
+        let Parsed::Complete(head) = parse_response(absurd, "GET") else {
+            panic!("not parsed");
+        };
+        assert_eq!(head.body, BodyLength::Known(u64::MAX));
+        assert_eq!(head.total_len(), Some(u64::MAX));
     }
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: every command a user or CI runs. Each one first
 //! makes sure the machine has what it needs (`setup`, idempotent).
 mod exec;
+mod fuzz;
 mod setup;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -28,6 +29,13 @@ enum Command {
     },
     /// Unit tests, then the root integration tests that load the real programs.
     Test,
+    /// Run the fuzz targets (all, or those named) on the committed seed corpus.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        targets: Vec<String>,
+    },
     /// Reproduce the published experiment (see `cargo xtask bench -- --help`).
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -56,6 +64,7 @@ fn run(command: Command) -> Result<()> {
             exec::run(exec::command(&tracer).args(args))
         }
         Command::Test => test(&root),
+        Command::Fuzz { seconds, targets } => fuzz::run(&root, seconds, &targets),
         Command::Bench { args } => {
             let tracer = build(&root)?;
             exec::run(
@@ -96,6 +105,8 @@ fn test(root: &std::path::Path) -> Result<()> {
         "--lib",
         "--bins",
     ]))?;
+    // A bounded fuzz pass over the parsers of kernel bytes.
+    fuzz::test_pass(root)?;
     // Integration tests: real gunicorn, the real programs in the real kernel,
     // one at a time (they share the kernel's tracepoints and the CPU).
     exec::run(
