@@ -125,7 +125,8 @@ pub fn tree_cpu_ns(root: u32) -> Result<u64, CpuError> {
     Ok(ticks_to_ns(ticks))
 }
 
-fn ticks_to_ns(ticks: u64) -> u64 {
+/// CPU time in clock ticks (as /proc reports it) in nanoseconds.
+pub fn ticks_to_ns(ticks: u64) -> u64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let hz = if hz > 0 { hz as u64 } else { 100 };

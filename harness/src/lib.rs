@@ -18,3 +18,4 @@ pub mod setup;
 pub mod sink;
 pub mod soak;
 pub mod testserver;
+pub mod tracer;

@@ -228,27 +228,12 @@ pub async fn run(options: &SoakOptions) -> Result<SoakReport> {
     Ok(report)
 }
 
-/// The tracer's non-zero loss counters, as last exported.
+/// The tracer's non-zero losses of requests, as last exported (records
+/// lost from the ring buffer are counted again as the requests they held).
 fn losses(sink: &Sink) -> BTreeMap<String, f64> {
-    let mut latest: BTreeMap<String, (u64, f64)> = BTreeMap::new();
-    for metric in sink.metrics().iter().filter(|m| m.name == "tracer.dropped") {
-        for point in &metric.points {
-            let (Some(reason), Some(value)) = (
-                point.attributes.get("reason").and_then(|r| r.as_str()),
-                point.value,
-            ) else {
-                continue;
-            };
-            let slot = latest.entry(reason.to_owned()).or_default();
-            if point.time_unix_ns >= slot.0 {
-                *slot = (point.time_unix_ns, value);
-            }
-        }
-    }
-    latest
+    sink.latest_by("tracer.dropped", "reason")
         .into_iter()
-        .filter(|(reason, (_, value))| *value > 0.0 && reason != "ring_buffer_full")
-        .map(|(reason, (_, value))| (reason, value))
+        .filter(|(reason, value)| *value > 0.0 && reason != "ring_buffer_full")
         .collect()
 }
 

@@ -11,20 +11,22 @@ use std::{
     fs,
     io::Read as _,
     net::SocketAddr,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::PathBuf,
+    process::Command,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use clap::Parser;
 use harness::{
     affinity::pin_current_thread,
     app::{App, AppOptions, Config},
-    cpu::{BpfStatsGuard, bpf_prog_stats, read_stat},
+    cpu::{BpfStatsGuard, bpf_prog_stats, read_stat, ticks_to_ns},
     loadgen::{self, LoadConfig},
     nginx::Nginx,
+    report::median,
     sink::Sink,
+    tracer::TracerProcess,
 };
 
 #[derive(Parser)]
@@ -80,7 +82,8 @@ async fn main() -> Result<()> {
         &[("/work", 250.0), ("/light", 1000.0)]
     };
     for &(path, rate) in points {
-        let tracer = TracerProcess::start(&tracer_bin, app.master_pid(), &endpoint)?;
+        let tracer =
+            TracerProcess::start(&tracer_bin, app.master_pid(), &endpoint, "cost", 1, &[])?;
         sink.clear();
         let cpu_before = read_stat(tracer.pid())?.cpu_ticks;
         let bpf_before = bpf_prog_stats(tracer.pid())?;
@@ -93,7 +96,7 @@ async fn main() -> Result<()> {
         let bpf = bpf_prog_stats(tracer.pid())?.since(&bpf_before);
         let cpu_ticks = read_stat(tracer.pid())?.cpu_ticks - cpu_before;
         let spans = sink.count_spans(|s| s.kind == "SERVER");
-        let user_us = cpu_ticks as f64 * 1e6 / ticks_per_second() / responses as f64;
+        let user_us = ticks_to_ns(cpu_ticks) as f64 / 1e3 / responses as f64;
         let bpf_us = bpf.run_time_ns as f64 / 1e3 / responses as f64;
         writeln!(
             report,
@@ -123,7 +126,9 @@ async fn main() -> Result<()> {
             [true, false]
         } {
             let tracer = with_tracer
-                .then(|| TracerProcess::start(&tracer_bin, app.master_pid(), &endpoint))
+                .then(|| {
+                    TracerProcess::start(&tracer_bin, app.master_pid(), &endpoint, "cost", 1, &[])
+                })
                 .transpose()?;
             syscall.push(with_tracer, null_read_ns(2_000_000)?);
             socket.push(with_tracer, loopback_round_trip_ns(200_000)?);
@@ -150,60 +155,6 @@ async fn main() -> Result<()> {
         fs::write(&out, &report).with_context(|| format!("writing {}", out.display()))?;
     }
     Ok(())
-}
-
-fn ticks_per_second() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
-}
-
-/// The tracer binary attached to a pid, pinned to core 1, ready when it says so.
-struct TracerProcess(Child);
-
-impl TracerProcess {
-    fn start(bin: &Path, pid: u32, endpoint: &str) -> Result<Self> {
-        let mut child = Command::new("taskset")
-            .args(["-c", "1"])
-            .arg(bin)
-            .args([
-                "--pid",
-                &pid.to_string(),
-                "--service-name",
-                "cost",
-                "--otlp-endpoint",
-                endpoint,
-            ])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting the tracer")?;
-        let mut stderr = child.stderr.take().context("tracer stderr")?;
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !String::from_utf8_lossy(&seen).contains("tracing ") {
-            let n = stderr.read(&mut buf)?;
-            if n == 0 {
-                bail!("the tracer exited: {}", String::from_utf8_lossy(&seen));
-            }
-            seen.extend_from_slice(&buf[..n]);
-        }
-        // Keep draining its log so it never blocks on a full pipe.
-        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-        Ok(Self(child))
-    }
-
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-}
-
-impl Drop for TracerProcess {
-    fn drop(&mut self) {
-        // SAFETY: signals our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
 }
 
 /// Nanoseconds per 1-byte `read` of /dev/zero, in a thread pinned to core 0.
@@ -265,6 +216,7 @@ impl Paired {
     }
 
     fn row(&self, report: &mut String, what: &str) -> std::fmt::Result {
+        let median = |values: &[f64]| median(values).unwrap_or(f64::NAN);
         let (without, with) = (median(&self.without), median(&self.with));
         writeln!(
             report,
@@ -275,16 +227,6 @@ impl Paired {
             max(&self.with),
             (with / without - 1.0) * 100.0
         )
-    }
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    match sorted.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
     }
 }
 
