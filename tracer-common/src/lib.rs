@@ -237,6 +237,16 @@ pub struct KernelConfig {
     pub tracepoints: TracepointOffsets,
     pub sock: SockOffsets,
     pub syscalls: SyscallAbi,
+    pub tcp: TcpArgs,
+}
+
+/// Where `tcp_recvmsg` takes its `flags` (0-based, from BTF): the fentry and
+/// kprobe sets read them to skip `MSG_PEEK`. Kernels before 5.19 had a
+/// `nonblock` argument before them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpArgs {
+    pub recvmsg_flags: u32,
 }
 
 /// Offsets of `struct iovec` and `struct msghdr` in the user ABI (x86_64 and

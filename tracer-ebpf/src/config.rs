@@ -21,6 +21,7 @@ static CONFIG: KernelConfig = KernelConfig {
         iovec: [-1; 4],
         msghdr: [-1; 2],
     },
+    tcp: tracer_common::TcpArgs { recvmsg_flags: 3 },
 };
 
 /// Reads the configuration without letting the compiler fold the zeroes above.

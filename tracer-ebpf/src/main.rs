@@ -10,8 +10,10 @@ mod maps;
 mod probes;
 
 use aya_ebpf::{
-    macros::{raw_tracepoint, tracepoint},
-    programs::{RawTracePointContext, TracePointContext},
+    macros::{fexit, kprobe, kretprobe, raw_tracepoint, tracepoint},
+    programs::{
+        FExitContext, ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext,
+    },
 };
 use tracer_common::{DIRECTION_RECV, DIRECTION_SEND};
 
@@ -35,13 +37,49 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
 
 #[raw_tracepoint(tracepoint = "sock_recv_length")]
 pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
-    probes::data::on_socket_io(&ctx, DIRECTION_RECV);
+    probes::data::on_socket_tracepoint(&ctx, DIRECTION_RECV);
     0
 }
 
 #[raw_tracepoint(tracepoint = "sock_send_length")]
 pub fn sock_send_length(ctx: RawTracePointContext) -> i32 {
-    probes::data::on_socket_io(&ctx, DIRECTION_SEND);
+    probes::data::on_socket_tracepoint(&ctx, DIRECTION_SEND);
+    0
+}
+
+#[fexit(function = "tcp_recvmsg")]
+pub fn tcp_recvmsg_exit(ctx: FExitContext) -> i32 {
+    probes::tcp::on_recvmsg_exit(&ctx);
+    0
+}
+
+#[fexit(function = "tcp_sendmsg")]
+pub fn tcp_sendmsg_exit(ctx: FExitContext) -> i32 {
+    probes::tcp::on_sendmsg_exit(&ctx);
+    0
+}
+
+#[kprobe]
+pub fn tcp_recvmsg_entry(ctx: ProbeContext) -> u32 {
+    probes::tcp::on_call_entry(&ctx, DIRECTION_RECV);
+    0
+}
+
+#[kretprobe]
+pub fn tcp_recvmsg_return(ctx: RetProbeContext) -> u32 {
+    probes::tcp::on_call_return(&ctx, DIRECTION_RECV);
+    0
+}
+
+#[kprobe]
+pub fn tcp_sendmsg_entry(ctx: ProbeContext) -> u32 {
+    probes::tcp::on_call_entry(&ctx, DIRECTION_SEND);
+    0
+}
+
+#[kretprobe]
+pub fn tcp_sendmsg_return(ctx: RetProbeContext) -> u32 {
+    probes::tcp::on_call_return(&ctx, DIRECTION_SEND);
     0
 }
 

@@ -7,7 +7,7 @@ use opentelemetry::KeyValue;
 use opentelemetry_sdk::Resource;
 
 use crate::{
-    kernel::probes::ProbeSet,
+    kernel::probes::ProbeChoice,
     proctree,
     telemetry::exporter::{ExportConfig, OtlpProtocol},
 };
@@ -48,9 +48,10 @@ pub struct Args {
     /// Keep query strings in `url.path` (they may hold secrets: off by default).
     #[arg(long)]
     pub keep_query_string: bool,
-    /// Kernel hook set.
-    #[arg(long, value_enum, default_value = "socket-tracepoints")]
-    pub probes: ProbeSet,
+    /// Kernel hook set: auto picks the cheapest this kernel accepts
+    /// (fentry, then tracepoints, then kprobes).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub probes: ProbeChoice,
     /// Requests waiting for export before new ones are dropped (and counted).
     #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..))]
     pub queue_size: u32,
@@ -73,7 +74,7 @@ pub enum PrintFormat {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub pids: Vec<u32>,
-    pub probes: ProbeSet,
+    pub probes: ProbeChoice,
     pub keep_query: bool,
     pub export: ExportConfig,
     pub stats_interval: Duration,

@@ -90,7 +90,24 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     if let Some(endpoint) = &config.export.endpoint {
         warn_if_unreachable(endpoint).await;
     }
-    let (mut kernel, ring) = loader::load(config.probes)?;
+    let loader::Loaded {
+        mut kernel,
+        events: ring,
+        probe_set,
+        refused,
+    } = loader::load(config.probes)?;
+    for reason in &refused {
+        log::info!("probe set refused by this kernel: {reason}");
+    }
+    log::info!(
+        "probe set {} ({})",
+        probe_set.name(),
+        if refused.is_empty() {
+            format!("{:?}", config.probes).to_lowercase()
+        } else {
+            "the cheapest this kernel accepts".to_owned()
+        }
+    );
     // Programs are attached first, so a fork from now on is followed in the
     // kernel; then the tree as it is now is seeded.
     let mut tree = proctree::tree_of(&config.pids);
@@ -99,10 +116,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
     let mut ports = refresh_ports(&mut kernel, &tree, &BTreeSet::new())?;
     log::info!(
-        "tracing {} processes {:?} with {:?}, listening on ports {:?}",
+        "tracing {} processes {:?} with {}, listening on ports {:?}",
         tree.len(),
         tree,
-        config.probes,
+        probe_set.name(),
         ports
     );
 

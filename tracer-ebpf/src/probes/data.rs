@@ -1,11 +1,12 @@
-//! Socket data from `sock:sock_recv_length` / `sock:sock_send_length`. They
-//! fire in the process that moved the bytes, after the copy, for every
-//! read/recv*/readv and write/send*/writev/sendfile on a socket, and cost
-//! nothing to processes whose syscalls are not socket I/O (unlike syscall
-//! tracepoints, which put every task of the host on the slow syscall path).
+//! Socket data, from whichever hook the probe set uses: the socket
+//! tracepoints `sock:sock_recv_length` / `sock_send_length`, or the exits of
+//! `tcp_recvmsg` / `tcp_sendmsg` (fexit or kretprobe, see `tcp.rs`). All fire
+//! in the process that moved the bytes, after the copy, and cost nothing to
+//! processes whose syscalls are not socket I/O (unlike syscall tracepoints,
+//! which put every task of the host on the slow syscall path).
 //!
-//! They do not carry the user buffer, so it is found from the syscall's
-//! saved registers (`bpf_task_pt_regs`). Only buffers that start an HTTP
+//! None carries the user buffer, so it is found from the syscall's saved
+//! registers (`bpf_task_pt_regs`). Only buffers that start an HTTP
 //! message or continue its header block are copied, and the copy stops at
 //! the end of the header block: bodies never leave the process.
 use aya_ebpf::{
@@ -27,27 +28,36 @@ use crate::{
     probes::connection::{emit_conn_event, field},
 };
 
-/// Arguments (`TP_PROTO`): `struct sock *sk, int ret, int flags`.
-pub fn on_socket_io(ctx: &RawTracePointContext, direction: u8) {
+/// `sock:sock_recv_length` / `sock_send_length`, raw. Arguments
+/// (`TP_PROTO`): `struct sock *sk, int ret, int flags`.
+pub fn on_socket_tracepoint(ctx: &RawTracePointContext, direction: u8) {
+    let (sock, moved, flags) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(2));
+    on_socket_io(sock, moved as i32, flags as i32, direction);
+}
+
+/// Bytes `moved` (or an error, when negative) on socket `sock` by the
+/// current task, whichever hook saw it.
+#[inline(always)]
+pub fn on_socket_io(sock: u64, moved: i32, flags: i32, direction: u8) {
     let (tgid, tid) = current_task();
     if !is_traced(tgid) {
         return;
     }
-    let _ = try_on_socket_io(ctx, direction, tgid, tid);
+    let _ = try_on_socket_io(sock, moved, flags, direction, tgid, tid);
 }
 
+#[inline(always)]
 fn try_on_socket_io(
-    ctx: &RawTracePointContext,
+    sock: u64,
+    moved: i32,
+    flags: i32,
     direction: u8,
     tgid: u32,
     tid: u32,
 ) -> Result<(), i32> {
-    let moved = ctx.arg::<u64>(1) as i32;
-    let flags = ctx.arg::<u64>(2) as i32;
     if moved <= 0 || (direction == DIRECTION_RECV && flags & MSG_PEEK != 0) {
         return Ok(());
     }
-    let sock: u64 = ctx.arg(0);
     let at = config().sock;
     let family: u16 = field(sock, at.family)?;
     let protocol: u16 = field(sock, at.protocol)?;

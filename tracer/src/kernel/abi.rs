@@ -1,7 +1,7 @@
 //! What the programs need to find a syscall's user buffer on this
 //! architecture: the `struct pt_regs` members holding the syscall number and
 //! second argument (offsets from BTF) and the syscall numbers (from libc).
-use tracer_common::{SockOffsets, SyscallAbi};
+use tracer_common::{SockOffsets, SyscallAbi, TcpArgs};
 
 use super::btf::{Btf, BtfError};
 
@@ -16,6 +16,13 @@ pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, BtfError> {
         peer_port: field("skc_dport")?,
         peer_addr_v4: field("skc_daddr")?,
         peer_addr_v6: field("skc_v6_daddr")?,
+    })
+}
+
+/// Argument positions of the TCP functions the fentry and kprobe sets hook.
+pub fn tcp_args(btf: &Btf) -> Result<TcpArgs, BtfError> {
+    Ok(TcpArgs {
+        recvmsg_flags: btf.param_index("tcp_recvmsg", "flags")?,
     })
 }
 

@@ -19,11 +19,17 @@ pub enum BtfError {
     NoStruct(String),
     #[error("kernel BTF struct {structure} has no member {member}")]
     NoMember { structure: String, member: String },
+    #[error("kernel BTF has no function {0}")]
+    NoFunction(String),
+    #[error("kernel BTF function {function} has no parameter {param}")]
+    NoParam { function: String, param: String },
 }
 
 const MAGIC: u16 = 0xeb9f;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
+const KIND_FUNC: u32 = 12;
+const KIND_FUNC_PROTO: u32 = 13;
 
 /// A struct or union member: name (empty for an anonymous one), type id,
 /// byte offset.
@@ -34,10 +40,15 @@ struct Member {
 }
 
 /// The members of every struct and union, by type id, and the ids of the
-/// named structs. Anonymous members are searched through, as C does.
+/// named structs. Anonymous members are searched through, as C does. Also
+/// the parameter names of every function.
 pub struct Btf {
     members: HashMap<u32, Vec<Member>>,
     structs: HashMap<String, u32>,
+    /// Function name → its prototype's type id.
+    functions: HashMap<String, u32>,
+    /// Prototype type id → parameter names.
+    prototypes: HashMap<u32, Vec<String>>,
 }
 
 impl Btf {
@@ -74,6 +85,8 @@ impl Btf {
 
         let mut members_by_type = HashMap::new();
         let mut structs = HashMap::new();
+        let mut functions = HashMap::new();
+        let mut prototypes = HashMap::new();
         let mut type_id = 0u32;
         let mut at = types_start;
         while at < types_end {
@@ -83,7 +96,17 @@ impl Btf {
             let kind = (info >> 24) & 0x1f;
             let vlen = (info & 0xffff) as usize;
             let bitfield_offsets = info >> 31 == 1;
+            let size_or_type = reader.u32(at + 8)?;
             at += 12;
+            if kind == KIND_FUNC {
+                functions.insert(name(name_off).to_owned(), size_or_type);
+            }
+            if kind == KIND_FUNC_PROTO {
+                let params = (0..vlen)
+                    .map(|i| Ok(name(reader.u32(at + i * 8)?).to_owned()))
+                    .collect::<Result<_, BtfError>>()?;
+                prototypes.insert(type_id, params);
+            }
             if kind == KIND_STRUCT || kind == KIND_UNION {
                 let mut members = Vec::with_capacity(vlen);
                 for i in 0..vlen {
@@ -111,7 +134,26 @@ impl Btf {
         Ok(Self {
             members: members_by_type,
             structs,
+            functions,
+            prototypes,
         })
+    }
+
+    /// 0-based position of parameter `param` of kernel function `function`.
+    pub fn param_index(&self, function: &str, param: &str) -> Result<u32, BtfError> {
+        let params = self
+            .functions
+            .get(function)
+            .and_then(|proto| self.prototypes.get(proto))
+            .ok_or_else(|| BtfError::NoFunction(function.to_owned()))?;
+        params
+            .iter()
+            .position(|name| name == param)
+            .map(|index| index as u32)
+            .ok_or_else(|| BtfError::NoParam {
+                function: function.to_owned(),
+                param: param.to_owned(),
+            })
     }
 
     /// Byte offset of `member` in `struct structure`.
@@ -202,5 +244,8 @@ mod tests {
         let daddr = btf.member_offset("sock_common", "skc_daddr").unwrap();
         let saddr = btf.member_offset("sock_common", "skc_rcv_saddr").unwrap();
         assert_eq!(saddr, daddr + 4);
+        // `tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size)` since 2.6.
+        assert_eq!(btf.param_index("tcp_sendmsg", "size").unwrap(), 2);
+        assert!(btf.param_index("tcp_sendmsg", "nope").is_err());
     }
 }

@@ -1,10 +1,15 @@
 //! `tracer doctor`: what this kernel and this process offer for tracing,
 //! and whether the tracer can run here. Exits non-zero when it cannot.
-use std::{path::Path, process::ExitCode};
+use std::process::ExitCode;
 
 use aya::maps::MapType;
 
-use super::{btf::Btf, privileges, probes::ProbeSet, tracefs};
+use super::{
+    btf::Btf,
+    loader, privileges,
+    probes::{ProbeChoice, ProbeSet},
+    tracefs,
+};
 
 pub fn run() -> ExitCode {
     let mut ready = true;
@@ -49,24 +54,27 @@ pub fn run() -> ExitCode {
     match tracefs::root() {
         Ok(root) => {
             check("tracefs", Ok(root.display().to_string()), true);
-            for set in [ProbeSet::SocketTracepoints] {
-                for hook in set.hooks() {
-                    let path = root.join("events").join(hook.group).join(hook.name);
-                    check(
-                        &format!("tracepoint {}:{}", hook.group, hook.name),
-                        if path.is_dir() {
-                            Ok("present".into())
-                        } else {
-                            Err("absent".into())
-                        },
-                        true,
-                    );
-                }
+            for (group, name) in [
+                ("sched", "sched_process_fork"),
+                ("sched", "sched_process_exit"),
+                ("sock", "inet_sock_set_state"),
+                ("sock", "sock_recv_length"),
+                ("sock", "sock_send_length"),
+            ] {
+                let present = root.join("events").join(group).join(name).is_dir();
+                check(
+                    &format!("tracepoint {group}:{name}"),
+                    if present {
+                        Ok("present".into())
+                    } else {
+                        Err("absent".into())
+                    },
+                    false,
+                );
             }
-            let kprobes = root.join("kprobe_events");
             check(
                 "kprobes",
-                if kprobes.exists() {
+                if root.join("kprobe_events").exists() {
                     Ok("available".into())
                 } else {
                     Err("CONFIG_KPROBES not set".into())
@@ -76,17 +84,32 @@ pub fn run() -> ExitCode {
         }
         Err(err) => check("tracefs", Err(err.to_string()), true),
     }
-    check(
-        "fentry/fexit (BPF trampolines)",
-        if Path::new("/sys/kernel/btf/vmlinux").exists() {
-            Ok("may work; not used by this version".into())
-        } else {
-            Err("needs BTF".into())
-        },
-        false,
-    );
-    if ready {
-        println!("probe set: socket-tracepoints; tracing can run here");
+    // The real test of a probe set: load and attach it (then detach).
+    let mut runs = None;
+    for probe_set in ProbeSet::AUTO_ORDER {
+        let choice = match probe_set {
+            ProbeSet::Tracepoints => ProbeChoice::Tracepoints,
+            ProbeSet::Fentry => ProbeChoice::Fentry,
+            ProbeSet::Kprobes => ProbeChoice::Kprobes,
+        };
+        let result = match loader::load(choice) {
+            Ok(_) => Ok("loads and attaches".to_owned()),
+            Err(loader::LoadError::NoProbeSet(reasons)) => Err(reasons.join("; ")),
+            Err(err) => Err(err.to_string()),
+        };
+        if result.is_ok() && runs.is_none() {
+            runs = Some(probe_set);
+        }
+        check(&format!("probe set {}", probe_set.name()), result, false);
+    }
+    if runs.is_none() {
+        ready = false;
+    }
+    if let (true, Some(probe_set)) = (ready, runs) {
+        println!(
+            "tracing can run here; --probes auto picks {}",
+            probe_set.name()
+        );
         ExitCode::SUCCESS
     } else {
         println!("tracing cannot run here: fix the FAIL lines above");

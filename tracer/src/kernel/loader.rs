@@ -9,9 +9,9 @@ use aya::{
 use tracer_common::{KERNEL_COUNTERS, KernelConfig};
 
 use super::{
-    abi::{sock_offsets, syscall_abi},
+    abi::{sock_offsets, syscall_abi, tcp_args},
     btf::{Btf, BtfError},
-    probes::{AttachError, ProbeSet},
+    probes::{ProbeChoice, ProbeSet},
     tracefs::{self, TracefsError},
 };
 
@@ -23,8 +23,8 @@ pub enum LoadError {
     Btf(#[from] BtfError),
     #[error("the kernel refused the BPF object: {0}")]
     Object(#[from] aya::EbpfError),
-    #[error(transparent)]
-    Attach(#[from] AttachError),
+    #[error("no probe set works on this kernel: {}", .0.join("; "))]
+    NoProbeSet(Vec<String>),
     #[error("BPF map {name}: {source}")]
     Map {
         name: &'static str,
@@ -44,35 +44,106 @@ pub struct KernelSide {
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
-/// Loads and attaches; returns the kernel side and the event ring buffer.
-pub fn load(probe_set: ProbeSet) -> Result<(KernelSide, RingBuf<MapData>), LoadError> {
+/// What loading chose, and why the sets tried before it were refused.
+pub struct Loaded {
+    pub kernel: KernelSide,
+    pub events: RingBuf<MapData>,
+    pub probe_set: ProbeSet,
+    pub refused: Vec<String>,
+}
+
+/// Loads the programs and attaches the first candidate set of `choice` that
+/// this kernel accepts.
+pub fn load(choice: ProbeChoice) -> Result<Loaded, LoadError> {
     let tracefs_root = tracefs::root()?;
     let btf = Btf::from_sys_fs()?;
-    let config = KernelConfig {
+    let mut config = KernelConfig {
         tracepoints: tracefs::tracepoint_offsets(&tracefs_root)?,
         sock: sock_offsets(&btf)?,
         syscalls: syscall_abi(&btf)?,
+        tcp: Default::default(),
     };
-    let mut ebpf = EbpfLoader::new()
-        .override_global("CONFIG", &config, true)
-        .load(OBJECT)?;
-    let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?).map_err(map_error("EVENTS"))?;
-    let traced_tasks =
-        HashMap::try_from(take(&mut ebpf, "TRACED_TASKS")?).map_err(map_error("TRACED_TASKS"))?;
-    let listen_ports =
-        HashMap::try_from(take(&mut ebpf, "LISTEN_PORTS")?).map_err(map_error("LISTEN_PORTS"))?;
-    let counters =
-        PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?).map_err(map_error("COUNTERS"))?;
-    probe_set.attach(&mut ebpf)?;
-    Ok((
-        KernelSide {
+    // Only the TCP function hooks need these; their absence rules them out.
+    let tcp = tcp_args(&btf);
+    let typed_btf = aya::Btf::from_sys_fs();
+    let mut refused = Vec::new();
+    for probe_set in ProbeSet::candidates(choice) {
+        let needs_tcp_functions = probe_set != ProbeSet::Tracepoints;
+        match (&tcp, needs_tcp_functions) {
+            (Ok(args), true) => config.tcp = *args,
+            (Err(err), true) => {
+                refused.push(format!("{}: {err}", probe_set.name()));
+                continue;
+            }
+            (_, false) => {}
+        }
+        let typed_btf = match &typed_btf {
+            Ok(btf) => btf,
+            Err(err) => {
+                refused.push(format!("{}: kernel BTF: {err}", probe_set.name()));
+                continue;
+            }
+        };
+        // A fresh object per attempt: dropping a refused one detaches and
+        // frees whatever it had loaded.
+        let mut ebpf = EbpfLoader::new()
+            .override_global("CONFIG", &config, true)
+            .load(OBJECT)?;
+        if let Err(err) = probe_set.attach(&mut ebpf, typed_btf) {
+            refused.push(format!("{}: {}", probe_set.name(), brief(&err)));
+            continue;
+        }
+        let (kernel, events) = KernelSide::new(ebpf)?;
+        return Ok(Loaded {
+            kernel,
+            events,
+            probe_set,
+            refused,
+        });
+    }
+    Err(LoadError::NoProbeSet(refused))
+}
+
+impl KernelSide {
+    fn new(mut ebpf: Ebpf) -> Result<(Self, RingBuf<MapData>), LoadError> {
+        let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?).map_err(map_error("EVENTS"))?;
+        let traced_tasks = HashMap::try_from(take(&mut ebpf, "TRACED_TASKS")?)
+            .map_err(map_error("TRACED_TASKS"))?;
+        let listen_ports = HashMap::try_from(take(&mut ebpf, "LISTEN_PORTS")?)
+            .map_err(map_error("LISTEN_PORTS"))?;
+        let counters =
+            PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?).map_err(map_error("COUNTERS"))?;
+        let kernel = KernelSide {
             _ebpf: ebpf,
             traced_tasks,
             listen_ports,
             counters,
-        },
-        events,
-    ))
+        };
+        Ok((kernel, events))
+    }
+}
+
+/// An attach error in a line or two: what failed, and the verifier's last
+/// word when there is one (its whole log can run to thousands of lines).
+fn brief(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(&format!(": {cause_text}"));
+        }
+        source = cause.source();
+    }
+    let mut lines = text.lines().map(str::trim).filter(|line| !line.is_empty());
+    let first = lines.next().unwrap_or_default().to_owned();
+    let verdict = lines
+        .take_while(|line| !line.starts_with("verification time"))
+        .last();
+    match verdict {
+        Some(verdict) => format!("{first} … {verdict}"),
+        None => first,
+    }
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError> {

@@ -1,80 +1,165 @@
 //! The hook sets the tracer can run, behind one interface: each names the
 //! programs to attach and where. Request assembly and export never know
-//! which set produced the events.
+//! which set produced the events. All three share the process-tree and
+//! TCP-state tracepoints; they differ in where socket data is seen:
 //!
-//! `SocketTracepoints` (the default, and the only set this repository's
-//! build host offers without kprobes or fentry): `sock:sock_recv_length` /
-//! `sock_send_length` fire only for socket I/O, so unlike `syscalls:*`
-//! tracepoints they put no tax on the syscalls of other processes (see
-//! DESIGN.md, "Mind the host-wide cost", and docs/hooks.md for figures).
+//! - `Tracepoints`: `sock:sock_recv_length` / `sock_send_length` (6.3+).
+//!   They fire only for socket I/O, so unlike `syscalls:*` tracepoints they
+//!   tax no other syscall of the host, but they fire for every socket family
+//!   (unix sockets included) of every process.
+//! - `Fentry`: fexit on `tcp_recvmsg` / `tcp_sendmsg` (BPF trampolines,
+//!   5.17+ for the return value): fire only for TCP.
+//! - `Kprobes`: kprobe + kretprobe on the same functions: fire only for
+//!   TCP, but a kretprobe hit costs more than a trampoline.
+//!
+//! `--probes auto` tries them in [`ProbeSet::AUTO_ORDER`], cheapest first by
+//! the measurements in docs/probe-sets.md, and keeps the first this kernel
+//! accepts.
 use aya::{
-    Ebpf,
-    programs::{ProgramError, RawTracePoint, TracePoint},
+    Btf, Ebpf,
+    programs::{FExit, KProbe, ProgramError, RawTracePoint, TracePoint},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum ProbeSet {
-    /// Socket, TCP-state and scheduler tracepoints (kernel 6.3+ for the socket ones).
-    SocketTracepoints,
+pub enum ProbeChoice {
+    /// The cheapest set this kernel accepts.
+    Auto,
+    Tracepoints,
+    Fentry,
+    Kprobes,
 }
 
-/// A program of the object, and the tracepoint it attaches to.
-pub struct Hook {
-    pub program: &'static str,
-    pub group: &'static str,
-    pub name: &'static str,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeSet {
+    Tracepoints,
+    Fentry,
+    Kprobes,
+}
+
+/// Where one program attaches.
+#[derive(Clone, Copy, Debug)]
+pub enum Attach {
+    Tracepoint {
+        group: &'static str,
+        name: &'static str,
+    },
     /// Raw tracepoints get the `TP_PROTO` arguments without the kernel first
     /// formatting a record: cheaper for hooks that fire on every socket
     /// operation of the host.
-    pub raw: bool,
+    RawTracepoint(&'static str),
+    Fexit(&'static str),
+    Kprobe(&'static str),
+    Kretprobe(&'static str),
 }
 
+/// A program of the object, and where it attaches.
+#[derive(Clone, Copy, Debug)]
+pub struct Hook {
+    pub program: &'static str,
+    pub attach: Attach,
+}
+
+/// Process tree first, so no fork is missed, then connection life.
+const COMMON: [Hook; 3] = [
+    Hook {
+        program: "sched_process_fork",
+        attach: Attach::Tracepoint {
+            group: "sched",
+            name: "sched_process_fork",
+        },
+    },
+    Hook {
+        program: "sched_process_exit",
+        attach: Attach::Tracepoint {
+            group: "sched",
+            name: "sched_process_exit",
+        },
+    },
+    Hook {
+        program: "inet_sock_set_state",
+        attach: Attach::RawTracepoint("inet_sock_set_state"),
+    },
+];
+
+const TRACEPOINT_DATA: [Hook; 2] = [
+    Hook {
+        program: "sock_recv_length",
+        attach: Attach::RawTracepoint("sock_recv_length"),
+    },
+    Hook {
+        program: "sock_send_length",
+        attach: Attach::RawTracepoint("sock_send_length"),
+    },
+];
+
+const FENTRY_DATA: [Hook; 2] = [
+    Hook {
+        program: "tcp_recvmsg_exit",
+        attach: Attach::Fexit("tcp_recvmsg"),
+    },
+    Hook {
+        program: "tcp_sendmsg_exit",
+        attach: Attach::Fexit("tcp_sendmsg"),
+    },
+];
+
+/// Entries before returns, so no return finds its call unrecorded.
+const KPROBE_DATA: [Hook; 4] = [
+    Hook {
+        program: "tcp_recvmsg_entry",
+        attach: Attach::Kprobe("tcp_recvmsg"),
+    },
+    Hook {
+        program: "tcp_sendmsg_entry",
+        attach: Attach::Kprobe("tcp_sendmsg"),
+    },
+    Hook {
+        program: "tcp_recvmsg_return",
+        attach: Attach::Kretprobe("tcp_recvmsg"),
+    },
+    Hook {
+        program: "tcp_sendmsg_return",
+        attach: Attach::Kretprobe("tcp_sendmsg"),
+    },
+];
+
 impl ProbeSet {
-    /// Hooks in attach order: the process tree first, so no fork is missed,
-    /// then connection life, then data.
-    pub fn hooks(self) -> &'static [Hook] {
+    pub const AUTO_ORDER: [ProbeSet; 3] = [Self::Fentry, Self::Tracepoints, Self::Kprobes];
+
+    pub fn name(self) -> &'static str {
         match self {
-            Self::SocketTracepoints => &[
-                Hook {
-                    program: "sched_process_fork",
-                    group: "sched",
-                    name: "sched_process_fork",
-                    raw: false,
-                },
-                Hook {
-                    program: "sched_process_exit",
-                    group: "sched",
-                    name: "sched_process_exit",
-                    raw: false,
-                },
-                Hook {
-                    program: "inet_sock_set_state",
-                    group: "sock",
-                    name: "inet_sock_set_state",
-                    raw: true,
-                },
-                Hook {
-                    program: "sock_recv_length",
-                    group: "sock",
-                    name: "sock_recv_length",
-                    raw: true,
-                },
-                Hook {
-                    program: "sock_send_length",
-                    group: "sock",
-                    name: "sock_send_length",
-                    raw: true,
-                },
-            ],
+            Self::Tracepoints => "tracepoints",
+            Self::Fentry => "fentry",
+            Self::Kprobes => "kprobes",
         }
     }
 
-    pub fn attach(self, ebpf: &mut Ebpf) -> Result<(), AttachError> {
+    /// The candidates for a choice, in the order to try them.
+    pub fn candidates(choice: ProbeChoice) -> Vec<ProbeSet> {
+        match choice {
+            ProbeChoice::Auto => Self::AUTO_ORDER.to_vec(),
+            ProbeChoice::Tracepoints => vec![Self::Tracepoints],
+            ProbeChoice::Fentry => vec![Self::Fentry],
+            ProbeChoice::Kprobes => vec![Self::Kprobes],
+        }
+    }
+
+    /// Hooks in attach order.
+    pub fn hooks(self) -> Vec<Hook> {
+        let data: &[Hook] = match self {
+            Self::Tracepoints => &TRACEPOINT_DATA,
+            Self::Fentry => &FENTRY_DATA,
+            Self::Kprobes => &KPROBE_DATA,
+        };
+        COMMON.iter().chain(data).copied().collect()
+    }
+
+    pub fn attach(self, ebpf: &mut Ebpf, btf: &Btf) -> Result<(), AttachError> {
         for hook in self.hooks() {
             let program = ebpf
                 .program_mut(hook.program)
                 .ok_or(AttachError::MissingProgram(hook.program))?;
-            attach_one(program, hook).map_err(|source| AttachError::Program {
+            attach_one(program, hook.attach, btf).map_err(|source| AttachError::Program {
                 hook: hook.program,
                 source,
             })?;
@@ -83,15 +168,32 @@ impl ProbeSet {
     }
 }
 
-fn attach_one(program: &mut aya::programs::Program, hook: &Hook) -> Result<(), ProgramError> {
-    if hook.raw {
-        let program: &mut RawTracePoint = program.try_into()?;
-        program.load()?;
-        program.attach(hook.name)?;
-    } else {
-        let program: &mut TracePoint = program.try_into()?;
-        program.load()?;
-        program.attach(hook.group, hook.name)?;
+fn attach_one(
+    program: &mut aya::programs::Program,
+    attach: Attach,
+    btf: &Btf,
+) -> Result<(), ProgramError> {
+    match attach {
+        Attach::Tracepoint { group, name } => {
+            let program: &mut TracePoint = program.try_into()?;
+            program.load()?;
+            program.attach(group, name)?;
+        }
+        Attach::RawTracepoint(name) => {
+            let program: &mut RawTracePoint = program.try_into()?;
+            program.load()?;
+            program.attach(name)?;
+        }
+        Attach::Fexit(function) => {
+            let program: &mut FExit = program.try_into()?;
+            program.load(function, btf)?;
+            program.attach()?;
+        }
+        Attach::Kprobe(function) | Attach::Kretprobe(function) => {
+            let program: &mut KProbe = program.try_into()?;
+            program.load()?;
+            program.attach(function, 0)?;
+        }
     }
     Ok(())
 }
