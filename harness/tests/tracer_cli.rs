@@ -35,6 +35,16 @@ fn wrong_input_gives_a_clear_error_and_its_own_exit_code() {
 
     let (code, stderr) = run_tracer(&["--pid", "1", "--otlp-protocol", "smtp"]);
     assert_eq!(code, Some(2), "{stderr}");
+    for bad_size in [
+        ["--queue-size", "-5"],
+        ["--queue-size", "0"],
+        ["--stats-interval", "0"],
+    ] {
+        let (code, stderr) = run_tracer(&[&["--pid", "1"][..], &bad_size[..]].concat());
+        assert_eq!(code, Some(2), "{bad_size:?}: {stderr}");
+    }
+    let (code, stderr) = run_tracer(&["--pid", "1", "--probes", "uprobes"]);
+    assert_eq!(code, Some(2), "{stderr}");
 
     // Without privileges: as `nobody`, with every capability dropped.
     let output = Command::new("setpriv")
@@ -54,19 +64,55 @@ fn wrong_input_gives_a_clear_error_and_its_own_exit_code() {
     assert!(stderr.contains("not permitted"), "{stderr}");
 }
 
+/// Doctor tries each probe set for real; the tracer picks the set doctor
+/// says `auto` picks, and a set the kernel refuses is a clear error.
 #[test]
-fn doctor_reports_this_kernel() {
+fn doctor_and_the_tracer_agree_on_the_probe_set() {
     let output = Command::new(tracer_bin())
         .arg("doctor")
         .output()
         .expect("doctor runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}");
+    let picked = stdout
+        .lines()
+        .find_map(|line| line.split("--probes auto picks ").nth(1))
+        .unwrap_or_else(|| panic!("doctor names no probe set: {stdout}"))
+        .trim()
+        .to_owned();
     assert!(
-        stdout.contains("tracepoint sock:sock_recv_length: present"),
+        stdout.contains(&format!("ok    probe set {picked}: loads and attaches")),
         "{stdout}"
     );
-    assert!(stdout.contains("tracing can run here"), "{stdout}");
+
+    let mut target = Command::new("sleep").arg("60").spawn().expect("sleep");
+    let mut command = Command::new(tracer_bin());
+    command.args(["--pid", &target.id().to_string(), "--otlp-endpoint", "none"]);
+    let (mut tracer, log, _) = spawn_ready(&mut command);
+    assert!(log.contains(&format!("with {picked}, listening")), "{log}");
+    let _ = tracer.kill();
+    let _ = tracer.wait();
+
+    for refused in ["fentry", "tracepoints", "kprobes"]
+        .into_iter()
+        .filter(|set| stdout.contains(&format!("no    probe set {set}:")))
+    {
+        let (code, stderr) = run_tracer(&[
+            "--pid",
+            &target.id().to_string(),
+            "--otlp-endpoint",
+            "none",
+            "--probes",
+            refused,
+        ]);
+        assert_eq!(code, Some(6), "{stderr}");
+        assert!(
+            stderr.contains("no probe set works on this kernel") && stderr.contains(refused),
+            "{stderr}"
+        );
+    }
+    let _ = target.kill();
+    let _ = target.wait();
 }
 
 /// OTLP over HTTP/protobuf as well as gRPC.

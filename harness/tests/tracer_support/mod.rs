@@ -53,6 +53,15 @@ pub async fn start_sink() -> Sink {
     Sink::start(loopback, loopback).await.expect("sink starts")
 }
 
+/// `--probes <set>` when `TRACER_PROBES` names one: the same tests then run
+/// against each probe set a kernel offers (`cargo xtask vm-test` does).
+pub fn probe_set_override() -> Vec<String> {
+    match std::env::var("TRACER_PROBES") {
+        Ok(set) if !set.is_empty() => vec!["--probes".into(), set],
+        _ => Vec::new(),
+    }
+}
+
 /// The tracer binary, attached to `pid`, exporting to `sink`.
 pub struct Tracer {
     child: Child,
@@ -70,6 +79,7 @@ impl Tracer {
             .args(["--pid", &pid.to_string(), "--service-name", service])
             .args(["--otlp-endpoint", &format!("http://{}", sink.grpc_addr())])
             .args(["--stats-interval", "1"])
+            .args(probe_set_override())
             .args(extra_args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
