@@ -43,6 +43,18 @@ struct Args {
     /// Skip the spans/CPU-per-request part (collateral cost only).
     #[arg(long)]
     collateral_only: bool,
+    /// The tracer's probe set (`--probes` of the tracer).
+    #[arg(long, default_value = "auto")]
+    probes: String,
+    /// Load points of the spans/CPU part, as path:rate.
+    #[arg(long, value_delimiter = ',', default_value = "/work:250,/light:1000")]
+    points: Vec<String>,
+    /// Send + recv pairs per collateral sample (ten times as many null reads).
+    #[arg(long, default_value_t = 200_000)]
+    rounds: u32,
+    /// Leave out the untraced nginx under wrk.
+    #[arg(long)]
+    skip_nginx: bool,
     /// Also write the report here (markdown).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -65,7 +77,13 @@ async fn main() -> Result<()> {
         endpoint.clone(),
     );
     let app = App::start(&options).await?;
-    let mut report = String::from("# Tracer cost\n\n");
+    let tracer_args = ["--probes", args.probes.as_str()];
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")?;
+    let mut report = format!(
+        "# Tracer cost (kernel {}, --probes {})\n\n",
+        kernel.trim(),
+        args.probes
+    );
 
     writeln!(report, "## Spans and CPU per request\n")?;
     writeln!(
@@ -113,7 +131,10 @@ async fn main() -> Result<()> {
         "\n## Collateral cost on untraced processes ({} interleaved pairs, medians)\n",
         args.pairs
     )?;
-    let nginx = UntracedNginx(Nginx::start(NGINX_PORT, 0).context("starting nginx")?);
+    let nginx = (!args.skip_nginx)
+        .then(|| Nginx::start(NGINX_PORT, 0).context("starting nginx"))
+        .transpose()?
+        .map(UntracedNginx);
     let mut syscall = Paired::default();
     let mut socket = Paired::default();
     let mut throughput = Paired::default();
@@ -127,14 +148,23 @@ async fn main() -> Result<()> {
         } {
             let tracer = with_tracer
                 .then(|| {
-                    TracerProcess::start(&tracer_bin, app.master_pid(), &endpoint, "cost", 1, &[])
+                    TracerProcess::start(
+                        &tracer_bin,
+                        app.master_pid(),
+                        &endpoint,
+                        "cost",
+                        1,
+                        &tracer_args,
+                    )
                 })
                 .transpose()?;
-            syscall.push(with_tracer, null_read_ns(2_000_000)?);
-            socket.push(with_tracer, loopback_round_trip_ns(200_000)?);
-            let (rps, cpu_us) = nginx.measure()?;
-            throughput.push(with_tracer, rps);
-            nginx_cpu.push(with_tracer, cpu_us);
+            syscall.push(with_tracer, null_read_ns(args.rounds * 10)?);
+            socket.push(with_tracer, loopback_round_trip_ns(args.rounds)?);
+            if let Some(nginx) = &nginx {
+                let (rps, cpu_us) = nginx.measure()?;
+                throughput.push(with_tracer, rps);
+                nginx_cpu.push(with_tracer, cpu_us);
+            }
             drop(tracer);
         }
     }
@@ -148,8 +178,10 @@ async fn main() -> Result<()> {
         &mut report,
         "1-byte TCP send + recv of an untraced process (ns/pair)",
     )?;
-    throughput.row(&mut report, "untraced nginx under wrk (requests/s)")?;
-    nginx_cpu.row(&mut report, "untraced nginx CPU (µs/request)")?;
+    if nginx.is_some() {
+        throughput.row(&mut report, "untraced nginx under wrk (requests/s)")?;
+        nginx_cpu.row(&mut report, "untraced nginx CPU (µs/request)")?;
+    }
     print!("{report}");
     if let Some(out) = args.out {
         fs::write(&out, &report).with_context(|| format!("writing {}", out.display()))?;
@@ -270,4 +302,20 @@ impl UntracedNginx {
             .with_context(|| format!("wrk output without Requests/sec:\n{text}"))?;
         Ok((rps, cpu_ns as f64 / 1e3 / requests))
     }
+}
+
+/// `path:rate` load points.
+fn parse_points(points: &[String]) -> Result<Vec<(String, f64)>> {
+    points
+        .iter()
+        .map(|point| {
+            let (path, rate) = point
+                .rsplit_once(':')
+                .with_context(|| format!("load point {point:?} is not path:rate"))?;
+            let rate = rate
+                .parse()
+                .with_context(|| format!("load point {point:?}: bad rate"))?;
+            Ok((path.to_owned(), rate))
+        })
+        .collect()
 }
