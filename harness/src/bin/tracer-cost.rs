@@ -94,14 +94,21 @@ async fn main() -> Result<()> {
     // Programs' run time is counted only here: the counting itself costs
     // time on every program run, which must not bias the collateral pairs.
     let stats = BpfStatsGuard::enable()?;
-    let points: &[(&str, f64)] = if args.collateral_only {
-        &[]
+    let points = if args.collateral_only {
+        Vec::new()
     } else {
-        &[("/work", 250.0), ("/light", 1000.0)]
+        parse_points(&args.points)?
     };
-    for &(path, rate) in points {
-        let tracer =
-            TracerProcess::start(&tracer_bin, app.master_pid(), &endpoint, "cost", 1, &[])?;
+    for (path, rate) in points {
+        let path = path.as_str();
+        let tracer = TracerProcess::start(
+            &tracer_bin,
+            app.master_pid(),
+            &endpoint,
+            "cost",
+            1,
+            &tracer_args,
+        )?;
         sink.clear();
         let cpu_before = read_stat(tracer.pid())?.cpu_ticks;
         let bpf_before = bpf_prog_stats(tracer.pid())?;
