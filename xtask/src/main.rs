@@ -3,8 +3,9 @@
 mod exec;
 mod fuzz;
 mod setup;
+mod vm;
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -29,6 +30,29 @@ enum Command {
     },
     /// Unit tests, then the root integration tests that load the real programs.
     Test,
+    /// Boot Debian kernels under qemu/KVM and run the root integration tests in each.
+    ///
+    /// Trailing arguments naming a test target (e.g. `tracer_spans`) select
+    /// those test binaries; the others go to every test binary (filters).
+    VmTest {
+        /// Kernel series: 6.1, 6.12 (comma-separated) or all.
+        #[arg(long, default_value = "all")]
+        kernel: String,
+        /// Run this shell command in the guest instead of the tests.
+        #[arg(long)]
+        shell: Option<String>,
+        /// Limit per kernel, boot included, in seconds.
+        #[arg(long, default_value_t = 1800)]
+        timeout: u64,
+        /// Guest memory (qemu syntax).
+        #[arg(long, default_value = "4G")]
+        memory: String,
+        /// kvm, tcg (software emulation), or auto: KVM when it can run Debian's kernels.
+        #[arg(long, value_enum, default_value_t = vm::Accel::Auto)]
+        accel: vm::Accel,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Run the fuzz targets (all, or those named) on the committed seed corpus.
     Fuzz {
         /// Seconds per target.
@@ -65,6 +89,24 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Test => test(&root),
         Command::Fuzz { seconds, targets } => fuzz::run(&root, seconds, &targets),
+        Command::VmTest {
+            kernel,
+            shell,
+            timeout,
+            memory,
+            accel,
+            args,
+        } => vm::vm_test(
+            &root,
+            vm::Options {
+                kernel,
+                shell,
+                timeout: Duration::from_secs(timeout),
+                memory,
+                accel,
+                args,
+            },
+        ),
         Command::Bench { args } => {
             let tracer = build(&root)?;
             exec::run(

@@ -43,8 +43,14 @@ fn rust_components() -> Result<()> {
 }
 
 fn apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
-        .into_iter()
+    apt_install(&APT_PACKAGES)
+}
+
+/// Installs those of `packages` that are not installed yet.
+pub fn apt_install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
         .filter(|package| {
             output(command("dpkg-query").args(["-W", "-f=${Status}", package]))
                 .is_none_or(|status| !status.contains("install ok installed"))
