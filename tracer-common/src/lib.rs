@@ -189,12 +189,12 @@ pub enum KernelCounter {
 
 pub const KERNEL_COUNTERS: u32 = 5;
 
-/// Byte offsets of the tracepoint record fields the programs read, taken from
-/// tracefs `format` files at start-up, never assumed.
+/// Where `struct task_struct` keeps the task id (from BTF): the fork hook is
+/// a raw tracepoint, which receives the child's `task_struct` itself.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TracepointOffsets {
-    pub fork_child_pid: u32,
+pub struct TaskOffsets {
+    pub pid: u32,
 }
 
 /// Offsets of the `struct sock` fields the socket programs read (from BTF):
@@ -234,7 +234,7 @@ pub struct SyscallAbi {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelConfig {
-    pub tracepoints: TracepointOffsets,
+    pub task: TaskOffsets,
     pub sock: SockOffsets,
     pub syscalls: SyscallAbi,
     pub tcp: TcpArgs,

@@ -5,7 +5,7 @@ use tracer_common::KernelConfig;
 
 #[unsafe(no_mangle)]
 static CONFIG: KernelConfig = KernelConfig {
-    tracepoints: tracer_common::TracepointOffsets { fork_child_pid: 0 },
+    task: tracer_common::TaskOffsets { pid: 0 },
     sock: tracer_common::SockOffsets {
         family: 0,
         protocol: 0,

@@ -10,21 +10,23 @@ mod maps;
 mod probes;
 
 use aya_ebpf::{
-    macros::{fexit, kprobe, kretprobe, raw_tracepoint, tracepoint},
-    programs::{
-        FExitContext, ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext,
-    },
+    macros::{fexit, kprobe, kretprobe, raw_tracepoint},
+    programs::{FExitContext, ProbeContext, RawTracePointContext, RetProbeContext},
 };
 use tracer_common::{DIRECTION_RECV, DIRECTION_SEND};
 
-#[tracepoint]
-pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+// Raw tracepoints throughout: attached with BPF_RAW_TRACEPOINT_OPEN, not
+// perf_event_open, so CAP_BPF + CAP_PERFMON suffice even where
+// kernel.perf_event_paranoid is 3 (Debian's default), and no record is
+// formatted.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     probes::process::on_fork(&ctx);
     0
 }
 
-#[tracepoint]
-pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
     probes::process::on_exit();
     0
 }
@@ -49,7 +51,14 @@ pub fn sock_send_length(ctx: RawTracePointContext) -> i32 {
 
 #[fexit(function = "tcp_recvmsg")]
 pub fn tcp_recvmsg_exit(ctx: FExitContext) -> i32 {
-    probes::tcp::on_recvmsg_exit(&ctx);
+    probes::tcp::on_recvmsg_exit::<5>(&ctx);
+    0
+}
+
+/// `tcp_recvmsg` without its `addr_len` argument (recent kernels).
+#[fexit(function = "tcp_recvmsg")]
+pub fn tcp_recvmsg4_exit(ctx: FExitContext) -> i32 {
+    probes::tcp::on_recvmsg_exit::<4>(&ctx);
     0
 }
 

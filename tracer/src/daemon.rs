@@ -67,7 +67,6 @@ impl DaemonError {
         match self {
             Self::NotPermitted(_) => 4,
             Self::NoSuchPid(_) => 3,
-            Self::Load(LoadError::Tracefs(_)) => 5,
             Self::Load(_) => 6,
             Self::Exporter(_) => 7,
             Self::Io { .. } => 1,

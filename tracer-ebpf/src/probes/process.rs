@@ -1,6 +1,6 @@
 //! Follows the process tree of the traced pids: children forked by a traced
 //! task become traced, exiting tasks are forgotten.
-use aya_ebpf::programs::TracePointContext;
+use aya_ebpf::{helpers::bpf_probe_read_kernel, programs::RawTracePointContext};
 use tracer_common::{EventKind, KernelCounter, TaskEvent};
 
 use crate::{
@@ -8,14 +8,16 @@ use crate::{
     maps::{TRACED_TASKS, count, current_task, emit, header, is_traced},
 };
 
-pub fn on_fork(ctx: &TracePointContext) {
+/// Raw `sched_process_fork`: `(struct task_struct *parent, struct task_struct *child)`.
+pub fn on_fork(ctx: &RawTracePointContext) {
     let (tgid, _) = current_task();
     if !is_traced(tgid) {
         return;
     }
-    let offset = config().tracepoints.fork_child_pid as usize;
-    // SAFETY: the offset comes from the tracepoint's format file.
-    let Ok(child) = (unsafe { ctx.read_at::<i32>(offset) }) else {
+    let child_task: u64 = ctx.arg(1);
+    let pid_at = child_task + u64::from(config().task.pid);
+    // SAFETY: the helper checks the kernel address; the offset is from BTF.
+    let Ok(child) = (unsafe { bpf_probe_read_kernel(pid_at as *const i32) }) else {
         return;
     };
     let child = child as u32;

@@ -4,7 +4,8 @@
 //! path when the function returns, as the tracepoints do.
 //!
 //! - fexit programs get the arguments and the return value together, typed
-//!   from BTF, through a BPF trampoline.
+//!   from BTF, through a BPF trampoline (read by position: the helper
+//!   `bpf_get_func_ret` is missing from some kernels that have trampolines).
 //! - kprobes see only the arguments at entry and kretprobes only the return
 //!   value, so the entry keeps what the return needs per task.
 use aya_ebpf::{
@@ -39,18 +40,21 @@ pub fn on_sendmsg_exit(ctx: &FExitContext) {
     on_socket_io(sock, sent as i32, 0, DIRECTION_SEND);
 }
 
-/// fexit `tcp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len, …,
-/// int flags, int *addr_len)`; the return value comes from the trampoline.
-pub fn on_recvmsg_exit(ctx: &FExitContext) {
+/// fexit `tcp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len,
+/// int flags[, int *addr_len])`: the return value follows the `ARGS`
+/// arguments (5 until 6.x dropped `addr_len`, 4 after; the daemon loads the
+/// variant BTF calls for, and refuses the set on pre-5.19 kernels, where a
+/// `nonblock` argument came before `flags`).
+#[inline(always)]
+pub fn on_recvmsg_exit<const ARGS: usize>(ctx: &FExitContext) {
     let sock: u64 = ctx.arg(0);
-    let Ok(received) = ctx.ret::<i64>() else {
-        return;
-    };
-    let flags = recvmsg_flags(ctx.arg::<i64>(3), ctx.arg::<i64>(4));
-    on_socket_io(sock, received as i32, flags, DIRECTION_RECV);
+    let flags: i64 = ctx.arg(3);
+    let received: i64 = ctx.arg(ARGS);
+    on_socket_io(sock, received as i32, flags as i32, DIRECTION_RECV);
 }
 
-/// `tcp_recvmsg`'s flags, from its arguments 3 and 4 (0-based) as read.
+/// `tcp_recvmsg`'s flags, from its arguments 3 and 4 (0-based) as read:
+/// before 5.19 a `nonblock` argument came first.
 /// Both are read at fixed offsets and the value chosen after: the verifier
 /// refuses a load from a computed offset into the context.
 #[inline(always)]

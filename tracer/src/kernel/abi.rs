@@ -1,7 +1,7 @@
 //! What the programs need to find a syscall's user buffer on this
 //! architecture: the `struct pt_regs` members holding the syscall number and
 //! second argument (offsets from BTF) and the syscall numbers (from libc).
-use tracer_common::{SockOffsets, SyscallAbi, TcpArgs};
+use tracer_common::{SockOffsets, SyscallAbi, TaskOffsets, TcpArgs};
 
 use super::btf::{Btf, BtfError};
 
@@ -16,6 +16,13 @@ pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, BtfError> {
         peer_port: field("skc_dport")?,
         peer_addr_v4: field("skc_daddr")?,
         peer_addr_v6: field("skc_v6_daddr")?,
+    })
+}
+
+/// Where `struct task_struct` keeps the task id.
+pub fn task_offsets(btf: &Btf) -> Result<TaskOffsets, BtfError> {
+    Ok(TaskOffsets {
+        pid: btf.member_offset("task_struct", "pid")?,
     })
 }
 

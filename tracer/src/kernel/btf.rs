@@ -139,14 +139,18 @@ impl Btf {
         })
     }
 
-    /// 0-based position of parameter `param` of kernel function `function`.
-    pub fn param_index(&self, function: &str, param: &str) -> Result<u32, BtfError> {
-        let params = self
-            .functions
+    /// The parameter names of kernel function `function`, in order.
+    pub fn params(&self, function: &str) -> Result<&[String], BtfError> {
+        self.functions
             .get(function)
             .and_then(|proto| self.prototypes.get(proto))
-            .ok_or_else(|| BtfError::NoFunction(function.to_owned()))?;
-        params
+            .map(Vec::as_slice)
+            .ok_or_else(|| BtfError::NoFunction(function.to_owned()))
+    }
+
+    /// 0-based position of parameter `param` of kernel function `function`.
+    pub fn param_index(&self, function: &str, param: &str) -> Result<u32, BtfError> {
+        self.params(function)?
             .iter()
             .position(|name| name == param)
             .map(|index| index as u32)

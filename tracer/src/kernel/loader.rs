@@ -9,16 +9,13 @@ use aya::{
 use tracer_common::{KERNEL_COUNTERS, KernelConfig};
 
 use super::{
-    abi::{sock_offsets, syscall_abi, tcp_args},
+    abi::{sock_offsets, syscall_abi, task_offsets, tcp_args},
     btf::{Btf, BtfError},
-    probes::{ProbeChoice, ProbeSet},
-    tracefs::{self, TracefsError},
+    probes::{ProbeChoice, ProbeSet, RecvmsgForm},
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error(transparent)]
-    Tracefs(#[from] TracefsError),
     #[error(transparent)]
     Btf(#[from] BtfError),
     #[error("the kernel refused the BPF object: {0}")]
@@ -55,19 +52,28 @@ pub struct Loaded {
 /// Loads the programs and attaches the first candidate set of `choice` that
 /// this kernel accepts.
 pub fn load(choice: ProbeChoice) -> Result<Loaded, LoadError> {
-    let tracefs_root = tracefs::root()?;
     let btf = Btf::from_sys_fs()?;
     let mut config = KernelConfig {
-        tracepoints: tracefs::tracepoint_offsets(&tracefs_root)?,
+        task: task_offsets(&btf)?,
         sock: sock_offsets(&btf)?,
         syscalls: syscall_abi(&btf)?,
         tcp: Default::default(),
     };
     // Only the TCP function hooks need these; their absence rules them out.
     let tcp = tcp_args(&btf);
+    let recvmsg_form = recvmsg_form(&btf);
     let typed_btf = aya::Btf::from_sys_fs();
     let mut refused = Vec::new();
     for probe_set in ProbeSet::candidates(choice) {
+        let recvmsg = match (probe_set, &recvmsg_form) {
+            (ProbeSet::Fentry, Err(reason)) => {
+                refused.push(format!("fentry: {reason}"));
+                continue;
+            }
+            (_, Ok(form)) => *form,
+            // Only the fentry set reads the form.
+            (_, Err(_)) => RecvmsgForm::WithAddrLen,
+        };
         let needs_tcp_functions = probe_set != ProbeSet::Tracepoints;
         match (&tcp, needs_tcp_functions) {
             (Ok(args), true) => config.tcp = *args,
@@ -89,7 +95,7 @@ pub fn load(choice: ProbeChoice) -> Result<Loaded, LoadError> {
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &config, true)
             .load(OBJECT)?;
-        if let Err(err) = probe_set.attach(&mut ebpf, typed_btf) {
+        if let Err(err) = probe_set.attach(&mut ebpf, typed_btf, recvmsg) {
             refused.push(format!("{}: {}", probe_set.name(), brief(&err)));
             continue;
         }
@@ -121,6 +127,17 @@ impl KernelSide {
         };
         Ok((kernel, events))
     }
+}
+
+/// The form of `tcp_recvmsg` on this kernel, if the fexit programs read it.
+fn recvmsg_form(btf: &Btf) -> Result<RecvmsgForm, String> {
+    let params = btf.params("tcp_recvmsg").map_err(|err| err.to_string())?;
+    RecvmsgForm::from_params(params).ok_or_else(|| {
+        format!(
+            "tcp_recvmsg{params:?} is a form the fexit programs do not read \
+             (before 5.19); kprobes handle it"
+        )
+    })
 }
 
 /// An attach error in a line or two: what failed, and the verifier's last

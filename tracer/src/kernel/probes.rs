@@ -10,14 +10,15 @@
 //! - `Fentry`: fexit on `tcp_recvmsg` / `tcp_sendmsg` (BPF trampolines,
 //!   5.17+ for the return value): fire only for TCP.
 //! - `Kprobes`: kprobe + kretprobe on the same functions: fire only for
-//!   TCP, but a kretprobe hit costs more than a trampoline.
+//!   TCP, but a kretprobe hit costs more than a trampoline, and they attach
+//!   through perf_event_open (root, or `kernel.perf_event_paranoid` ≤ 2).
 //!
 //! `--probes auto` tries them in [`ProbeSet::AUTO_ORDER`], cheapest first by
 //! the measurements in docs/probe-sets.md, and keeps the first this kernel
 //! accepts.
 use aya::{
     Btf, Ebpf,
-    programs::{FExit, KProbe, ProgramError, RawTracePoint, TracePoint},
+    programs::{FExit, KProbe, ProgramError, RawTracePoint},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -39,13 +40,10 @@ pub enum ProbeSet {
 /// Where one program attaches.
 #[derive(Clone, Copy, Debug)]
 pub enum Attach {
-    Tracepoint {
-        group: &'static str,
-        name: &'static str,
-    },
     /// Raw tracepoints get the `TP_PROTO` arguments without the kernel first
-    /// formatting a record: cheaper for hooks that fire on every socket
-    /// operation of the host.
+    /// formatting a record (cheaper for hooks that fire on every socket
+    /// operation of the host), and attach without perf_event_open, which
+    /// Debian's `kernel.perf_event_paranoid=3` refuses to CAP_PERFMON alone.
     RawTracepoint(&'static str),
     Fexit(&'static str),
     Kprobe(&'static str),
@@ -63,17 +61,11 @@ pub struct Hook {
 const COMMON: [Hook; 3] = [
     Hook {
         program: "sched_process_fork",
-        attach: Attach::Tracepoint {
-            group: "sched",
-            name: "sched_process_fork",
-        },
+        attach: Attach::RawTracepoint("sched_process_fork"),
     },
     Hook {
         program: "sched_process_exit",
-        attach: Attach::Tracepoint {
-            group: "sched",
-            name: "sched_process_exit",
-        },
+        attach: Attach::RawTracepoint("sched_process_exit"),
     },
     Hook {
         program: "inet_sock_set_state",
@@ -92,16 +84,45 @@ const TRACEPOINT_DATA: [Hook; 2] = [
     },
 ];
 
-const FENTRY_DATA: [Hook; 2] = [
-    Hook {
-        program: "tcp_recvmsg_exit",
-        attach: Attach::Fexit("tcp_recvmsg"),
-    },
-    Hook {
-        program: "tcp_sendmsg_exit",
-        attach: Attach::Fexit("tcp_sendmsg"),
-    },
-];
+/// The fexit on `tcp_recvmsg` comes in one program per form of the
+/// function ([`RecvmsgForm`]), chosen at load.
+const FENTRY_SEND: Hook = Hook {
+    program: "tcp_sendmsg_exit",
+    attach: Attach::Fexit("tcp_sendmsg"),
+};
+
+/// The forms of `tcp_recvmsg` the fexit programs can read, by parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecvmsgForm {
+    /// 5.19 to 6.x: `(sk, msg, len, flags, addr_len)`.
+    WithAddrLen,
+    /// Later: `(sk, msg, len, flags)`.
+    WithoutAddrLen,
+}
+
+impl RecvmsgForm {
+    pub fn from_params(params: &[String]) -> Option<Self> {
+        match params {
+            [sk, msg, len, flags, rest @ ..]
+                if [sk, msg, len, flags] == ["sk", "msg", "len", "flags"] =>
+            {
+                match rest {
+                    [] => Some(Self::WithoutAddrLen),
+                    [addr_len] if addr_len == "addr_len" => Some(Self::WithAddrLen),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+
+    fn program(self) -> &'static str {
+        match self {
+            Self::WithAddrLen => "tcp_recvmsg_exit",
+            Self::WithoutAddrLen => "tcp_recvmsg4_exit",
+        }
+    }
+}
 
 /// Entries before returns, so no return finds its call unrecorded.
 const KPROBE_DATA: [Hook; 4] = [
@@ -144,18 +165,31 @@ impl ProbeSet {
         }
     }
 
-    /// Hooks in attach order.
-    pub fn hooks(self) -> Vec<Hook> {
+    /// Hooks in attach order; `recvmsg` is this kernel's form of
+    /// `tcp_recvmsg` (only the fentry set needs it).
+    pub fn hooks(self, recvmsg: RecvmsgForm) -> Vec<Hook> {
+        let fentry = [
+            Hook {
+                program: recvmsg.program(),
+                attach: Attach::Fexit("tcp_recvmsg"),
+            },
+            FENTRY_SEND,
+        ];
         let data: &[Hook] = match self {
             Self::Tracepoints => &TRACEPOINT_DATA,
-            Self::Fentry => &FENTRY_DATA,
+            Self::Fentry => &fentry,
             Self::Kprobes => &KPROBE_DATA,
         };
         COMMON.iter().chain(data).copied().collect()
     }
 
-    pub fn attach(self, ebpf: &mut Ebpf, btf: &Btf) -> Result<(), AttachError> {
-        for hook in self.hooks() {
+    pub fn attach(
+        self,
+        ebpf: &mut Ebpf,
+        btf: &Btf,
+        recvmsg: RecvmsgForm,
+    ) -> Result<(), AttachError> {
+        for hook in self.hooks(recvmsg) {
             let program = ebpf
                 .program_mut(hook.program)
                 .ok_or(AttachError::MissingProgram(hook.program))?;
@@ -174,11 +208,6 @@ fn attach_one(
     btf: &Btf,
 ) -> Result<(), ProgramError> {
     match attach {
-        Attach::Tracepoint { group, name } => {
-            let program: &mut TracePoint = program.try_into()?;
-            program.load()?;
-            program.attach(group, name)?;
-        }
         Attach::RawTracepoint(name) => {
             let program: &mut RawTracePoint = program.try_into()?;
             program.load()?;
