@@ -62,6 +62,9 @@ pub struct Options {
     /// Test target names select test binaries; everything else goes to each
     /// test binary (filters, `--nocapture`, …).
     pub args: Vec<String>,
+    /// Run the tests once per probe set named here (`TRACER_PROBES`);
+    /// empty: once, with the tracer's own choice.
+    pub probes: Vec<String>,
 }
 
 pub fn vm_test(root: &Path, options: Options) -> Result<()> {
@@ -78,7 +81,7 @@ pub fn vm_test(root: &Path, options: Options) -> Result<()> {
 
     let payload = match &options.shell {
         Some(shell) => Payload::Shell(shell.clone()),
-        None => Payload::Tests(TestPlan::build(root, &options.args)?),
+        None => Payload::Tests(TestPlan::build(root, &options.args, &options.probes)?),
     };
     let script = payload.script(root);
 
@@ -629,10 +632,12 @@ struct TestPlan {
     tracer: PathBuf,
     binaries: Vec<(String, PathBuf)>,
     args: Vec<String>,
+    /// `TRACER_PROBES` values to run every binary with ("" = unset).
+    probe_sets: Vec<String>,
 }
 
 impl TestPlan {
-    fn build(root: &Path, args: &[String]) -> Result<TestPlan> {
+    fn build(root: &Path, args: &[String], probes: &[String]) -> Result<TestPlan> {
         let tracer = crate::build(root)?;
         let out = exec::cargo(root)
             .args([
@@ -677,10 +682,16 @@ impl TestPlan {
         if !selected.is_empty() {
             binaries.retain(|(name, _)| selected.contains(name));
         }
+        let probe_sets = if probes.is_empty() {
+            vec![String::new()]
+        } else {
+            probes.to_vec()
+        };
         Ok(TestPlan {
             tracer,
             binaries,
             args: rest,
+            probe_sets,
         })
     }
 }
@@ -732,14 +743,22 @@ impl Payload {
                 );
                 script.push_str("export RUST_BACKTRACE=1\nfailed=0\n");
                 let args: Vec<String> = plan.args.iter().map(|arg| quote(arg)).collect();
-                for (name, path) in &plan.binaries {
-                    let _ = writeln!(
-                        script,
-                        "echo 'VM-TEST-BIN-START {name}'\n{} --test-threads=1 {}\nrc=$?\n\
-                         echo \"VM-TEST-BIN-END {name} $rc\"\n[ $rc -eq 0 ] || failed=1",
-                        quote(&path.to_string_lossy()),
-                        args.join(" ")
-                    );
+                for probes in &plan.probe_sets {
+                    let _ = writeln!(script, "export TRACER_PROBES={}", quote(probes));
+                    for (name, path) in &plan.binaries {
+                        let name = if probes.is_empty() {
+                            name.clone()
+                        } else {
+                            format!("{name}@{probes}")
+                        };
+                        let _ = writeln!(
+                            script,
+                            "echo 'VM-TEST-BIN-START {name}'\n{} --test-threads=1 {}\nrc=$?\n\
+                             echo \"VM-TEST-BIN-END {name} $rc\"\n[ $rc -eq 0 ] || failed=1",
+                            quote(&path.to_string_lossy()),
+                            args.join(" ")
+                        );
+                    }
                 }
                 script.push_str("exit $failed\n");
             }

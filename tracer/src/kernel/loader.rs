@@ -96,6 +96,7 @@ pub fn load(choice: ProbeChoice) -> Result<Loaded, LoadError> {
             .override_global("CONFIG", &config, true)
             .load(OBJECT)?;
         if let Err(err) = probe_set.attach(&mut ebpf, typed_btf, recvmsg) {
+            log::debug!("probe set {} in full: {err}", probe_set.name());
             refused.push(format!("{}: {}", probe_set.name(), brief(&err)));
             continue;
         }
