@@ -50,6 +50,10 @@ enum Command {
         /// kvm, tcg (software emulation), or auto: KVM when it can run Debian's kernels.
         #[arg(long, value_enum, default_value_t = vm::Accel::Auto)]
         accel: vm::Accel,
+        /// Run the tests once per probe set (comma-separated: tracepoints,
+        /// fentry, kprobes); default once, with the tracer's own choice.
+        #[arg(long, value_delimiter = ',')]
+        probes: Vec<String>,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -59,6 +63,12 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
         targets: Vec<String>,
+    },
+    /// Trace the app for 10 minutes while gunicorn re-forks its workers
+    /// (see `cargo xtask soak -- --help`; `cargo xtask test` runs 60 s of it).
+    Soak {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// Reproduce the published experiment (see `cargo xtask bench -- --help`).
     Bench {
@@ -95,6 +105,7 @@ fn run(command: Command) -> Result<()> {
             timeout,
             memory,
             accel,
+            probes,
             args,
         } => vm::vm_test(
             &root,
@@ -105,28 +116,43 @@ fn run(command: Command) -> Result<()> {
                 memory,
                 accel,
                 args,
+                probes,
             },
         ),
+        Command::Soak { args } => {
+            let tracer = build(&root)?;
+            harness(&root, "soak", &tracer, &args)
+        }
         Command::Bench { args } => {
             let tracer = build(&root)?;
-            exec::run(
-                exec::cargo(&root)
-                    .args([
-                        "run",
-                        "--release",
-                        "-p",
-                        "harness",
-                        "--bin",
-                        "harness",
-                        "--",
-                        "bench",
-                    ])
-                    .arg("--tracer")
-                    .arg(&tracer)
-                    .args(args),
-            )
+            harness(&root, "bench", &tracer, &args)
         }
     }
+}
+
+/// Runs a subcommand of the harness binary with the tracer at `tracer`.
+fn harness(
+    root: &std::path::Path,
+    subcommand: &str,
+    tracer: &std::path::Path,
+    args: &[String],
+) -> Result<()> {
+    exec::run(
+        exec::cargo(root)
+            .args([
+                "run",
+                "--release",
+                "-p",
+                "harness",
+                "--bin",
+                "harness",
+                "--",
+            ])
+            .arg(subcommand)
+            .arg("--tracer")
+            .arg(tracer)
+            .args(args),
+    )
 }
 
 /// Builds the release tracer and returns its path.
@@ -165,7 +191,9 @@ fn test(root: &std::path::Path) -> Result<()> {
             ])
             .env("TRACER_BIN", &tracer)
             .env("HARNESS_VENV", root.join(".venv")),
-    )
+    )?;
+    // The soak's short form: a minute of re-forking workers at 1000 req/s.
+    harness(root, "soak", &tracer, &["--seconds".into(), "60".into()])
 }
 
 /// Formatting and clippy (warnings are errors) over the host crates.
