@@ -5,7 +5,6 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    fs,
     net::SocketAddr,
     path::{Path, PathBuf},
     process::Command,
@@ -238,14 +237,9 @@ fn losses(sink: &Sink) -> BTreeMap<String, f64> {
 }
 
 fn rss_kib(pid: u32) -> Result<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("the tracer (pid {pid}) is gone"))?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
-        .context("no VmRSS in /proc/<tracer>/status")
+    let (rss, _) = crate::tracer::memory_kib(pid)
+        .with_context(|| format!("reading the tracer's memory (pid {pid})"))?;
+    Ok(rss)
 }
 
 /// The keys of the tracer's [`TRACKED_MAPS`], read with bpftool from the

@@ -58,17 +58,23 @@ impl TracerProcess {
 
     /// Resident memory in KiB: (now, peak).
     pub fn memory_kib(&self) -> io::Result<(u64, u64)> {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix(name))
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|kib| kib.parse().ok())
-                .ok_or_else(|| io::Error::other(format!("no {name} in /proc/<tracer>/status")))
-        };
-        Ok((field("VmRSS:")?, field("VmHWM:")?))
+        memory_kib(self.pid())
     }
+}
+
+/// Resident memory of process `pid` in KiB: (now, peak), from
+/// `/proc/<pid>/status`.
+pub fn memory_kib(pid: u32) -> io::Result<(u64, u64)> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+            .ok_or_else(|| io::Error::other(format!("no {name} in /proc/{pid}/status")))
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
 
 impl Drop for TracerProcess {

@@ -116,17 +116,7 @@ impl Tracer {
 
     /// Resident memory in KiB: (now, peak).
     pub fn memory_kib(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("the tracer is running");
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix(name))
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|kib| kib.parse().ok())
-                .unwrap_or_else(|| panic!("no {name} in /proc/<tracer>/status"))
-        };
-        (field("VmRSS:"), field("VmHWM:"))
+        harness::tracer::memory_kib(self.child.id()).expect("the tracer is running")
     }
 
     /// SIGTERM, then the exit status: the tracer must flush and exit 0.
