@@ -13,9 +13,11 @@
 //!   TCP, but a kretprobe hit costs more than a trampoline, and they attach
 //!   through perf_event_open (root, or `kernel.perf_event_paranoid` ≤ 2).
 //!
-//! `--probes auto` tries them in [`ProbeSet::AUTO_ORDER`], cheapest first by
-//! the measurements in docs/probe-sets.md, and keeps the first this kernel
-//! accepts.
+//! `--probes auto` tries them in [`ProbeSet::AUTO_ORDER`] and keeps the first
+//! this kernel accepts: fentry first (TCP only, the cheapest entry), then the
+//! socket tracepoints (measured here: every socket operation of the host pays
+//! one program run), then kprobes. docs/probe-sets.md has the figures and
+//! what is not measured yet.
 use aya::{
     Btf, Ebpf,
     programs::{FExit, KProbe, ProgramError, RawTracePoint},
