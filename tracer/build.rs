@@ -27,6 +27,15 @@ fn main() -> anyhow::Result<()> {
         .manifest_path
         .parent()
         .ok_or_else(|| anyhow!("tracer-ebpf manifest has no parent"))?;
+    // The programs also compile the kernel/user contract: a change there
+    // must rebuild them, or the object and the daemon disagree on records.
+    let common = metadata
+        .packages
+        .iter()
+        .find(|package| package.name.as_str() == "tracer-common")
+        .and_then(|package| package.manifest_path.parent())
+        .ok_or_else(|| anyhow!("tracer-common package not found"))?;
+    println!("cargo:rerun-if-changed={common}");
     // Stable rustc builds `core` for the BPF target only with build-std,
     // which stable unlocks with RUSTC_BOOTSTRAP (see DESIGN.md).
     // SAFETY: the build script is single-threaded here.
