@@ -123,7 +123,7 @@ async fn main() -> Result<()> {
             "| {rate:.0} | {:.0} | {answered} | {} | {:.0} {losses:?} | {records_lost} | {:.1} + {:.1} | {:.0}% | {:.1} |",
             load.achieved_rate,
             sink.server_span_count(SERVICE),
-            losses.values().sum::<f64>(),
+            losses.values().sum::<f64>() + 0.0, // not -0 when empty
             cpu_s * 1e6 / answered as f64,
             bpf_s * 1e6 / answered as f64,
             (cpu_s + bpf_s) / elapsed * 100.0,
