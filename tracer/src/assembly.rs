@@ -295,6 +295,21 @@ impl Connection {
                     exchange.response = Some(head);
                     exchange.outbound = Vec::new();
                 }
+                // A head longer than the capture: its status line is known,
+                // where its body ends is not.
+                Parsed::Partial if (data.bytes as usize) > data.payload.len() => {
+                    match http::parse_response_line(&exchange.outbound) {
+                        Some(head) => {
+                            exchange.response = Some(head);
+                            exchange.outbound = Vec::new();
+                        }
+                        None => {
+                            counters.unparseable_responses += 1;
+                            exchange.outbound.clear();
+                            return;
+                        }
+                    }
+                }
                 Parsed::Partial if exchange.outbound.len() <= MAX_HEAD_BYTES => {}
                 Parsed::Partial | Parsed::Invalid => {
                     counters.unparseable_responses += 1;

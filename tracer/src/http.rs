@@ -96,6 +96,22 @@ fn request_head(
     })
 }
 
+/// The status line alone, for a head cut short by the capture size: the
+/// response is real, but where its body ends is unknown.
+pub fn parse_response_line(bytes: &[u8]) -> Option<ResponseHead> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    match response.parse(bytes) {
+        Ok(_) | Err(httparse::Error::TooManyHeaders) => Some(ResponseHead {
+            status: response.code?,
+            minor_version: response.version?,
+            head_len: bytes.len(),
+            body: BodyLength::Unknown,
+        }),
+        Err(_) => None,
+    }
+}
+
 /// `request_method` decides whether a body follows (not after HEAD).
 pub fn parse_response(bytes: &[u8], request_method: &str) -> Parsed<ResponseHead> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -178,6 +194,13 @@ mod tests {
             ("POST", "/upload")
         );
         assert!(parse_request_line(b"POST /upl", false).is_none());
+    }
+
+    #[test]
+    fn status_line_of_a_cut_head() {
+        let head = parse_response_line(b"HTTP/1.1 404 Not Found\r\nServer: x\r\nX-Lo").unwrap();
+        assert_eq!((head.status, head.body), (404, BodyLength::Unknown));
+        assert!(parse_response_line(b"HTTP/1.1 40").is_none());
     }
 
     #[test]
