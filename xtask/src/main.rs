@@ -179,22 +179,34 @@ fn test(root: &std::path::Path) -> Result<()> {
     // one at a time (they share the kernel's tracepoints and the CPU).
     exec::run(
         exec::cargo(root)
-            .args([
-                "test",
-                "--release",
-                "-p",
-                "harness",
-                "--test",
-                "*",
-                "--",
-                "--test-threads=1",
-            ])
+            .args(INTEGRATION_TESTS)
+            .args(["--", "--test-threads=1"])
             .env("TRACER_BIN", &tracer)
             .env("HARNESS_VENV", root.join(".venv")),
     )?;
     // The soak's short form: a minute of re-forking workers at 1000 req/s.
-    harness(root, "soak", &tracer, &["--seconds".into(), "60".into()])
+    harness(root, "soak", &tracer, &["--seconds".into(), "60".into()])?;
+    // The kernel matrix: the span tests under Debian 12's kernel and its
+    // backport, once with each TCP probe set (this host's kernel offers
+    // neither). Guests run emulated here, so the timing-bound tests stay on
+    // the host (see README, "Kernel matrix").
+    vm::vm_test(
+        root,
+        vm::Options {
+            kernel: "all".into(),
+            shell: None,
+            timeout: Duration::from_secs(1200),
+            memory: "4G".into(),
+            accel: vm::Accel::Auto,
+            args: vec!["tracer_spans".into()],
+            probes: vec!["fentry".into(), "kprobes".into()],
+        },
+    )
 }
+
+/// `cargo` arguments that build (and, without `--no-run`, run) the root
+/// integration tests: the harness's test targets.
+const INTEGRATION_TESTS: [&str; 6] = ["test", "--release", "-p", "harness", "--test", "*"];
 
 /// Formatting and clippy (warnings are errors) over the host crates.
 fn lint(root: &std::path::Path) -> Result<()> {

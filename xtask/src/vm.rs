@@ -5,9 +5,10 @@
 //! Each guest is the host's root filesystem, shared read-only over 9p and made
 //! writable with an overlay (tmpfs upper), under the packaged kernel: a small
 //! initramfs (busybox-static, the 9p/virtio/overlay modules of that kernel and
-//! an `/init` script) mounts it, chroots into it and runs a script the host
-//! wrote into a second, writable 9p share, where the output and exit code come
-//! back. No network inside the guest; nothing is built there: the test
+//! an `/init` script) mounts it, mounts the workspace (a third, writable share)
+//! at its host path, so that a clone on another filesystem or under `/tmp`
+//! works too, chroots into it and runs a script the host wrote into a second,
+//! writable 9p share, where the output and exit code come back. No network inside the guest; nothing is built there: the test
 //! binaries are built on the host and run directly, with the environment
 //! `cargo xtask test` gives them.
 //!
@@ -92,7 +93,7 @@ pub fn vm_test(root: &Path, options: Options) -> Result<()> {
             "\n=== vm-test: Linux {} ({}, {accel:?}) ===",
             kernel.release, kernel.package
         );
-        let run = boot(kernel, &work, &script, &options, accel)
+        let run = boot(kernel, root, &work, &script, &options, accel)
             .with_context(|| format!("running the guest with Linux {}", kernel.release))?;
         run.print_details(&payload);
         runs.push(run);
@@ -416,6 +417,10 @@ mount -t tracefs tracefs $R/sys/kernel/tracing || say "no tracefs"
 mount -t debugfs debugfs $R/sys/kernel/debug || say "no debugfs"
 mount -t bpf bpf $R/sys/fs/bpf || say "no bpffs"
 mount -t cgroup2 cgroup2 $R/sys/fs/cgroup || say "no cgroup2"
+# The workspace at its host path, over whatever the guest mounted there
+# (a clone under /tmp would otherwise be hidden by the tmpfs above).
+mkdir -p $R@WORKSPACE@
+mount -t 9p -o $opts workspace $R@WORKSPACE@ || fail "mounting the workspace (9p)"
 mkdir -p $R@OUT@
 mount --move /out $R@OUT@ || fail "moving the output share"
 ip link set lo up
@@ -498,7 +503,7 @@ impl Cpio {
     }
 }
 
-fn initramfs(kernel: &Kernel) -> Result<Vec<u8>> {
+fn initramfs(kernel: &Kernel, workspace: &Path) -> Result<Vec<u8>> {
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
         .into_iter()
         .map(Path::new)
@@ -514,7 +519,8 @@ fn initramfs(kernel: &Kernel) -> Result<Vec<u8>> {
     cpio.file("bin/busybox", 0o755, &busybox);
     let init = INIT
         .replace("@OUT@", GUEST_OUT)
-        .replace("@PATH@", GUEST_PATH);
+        .replace("@PATH@", GUEST_PATH)
+        .replace("@WORKSPACE@", &quote(&workspace.to_string_lossy()));
     cpio.file("init", 0o755, init.as_bytes());
     for (index, (name, bytes)) in guest_modules(&kernel.modules)?.iter().enumerate() {
         cpio.file(&format!("lib/modules/{index:02}-{name}.ko"), 0o644, bytes);
@@ -640,15 +646,8 @@ impl TestPlan {
     fn build(root: &Path, args: &[String], probes: &[String]) -> Result<TestPlan> {
         let tracer = crate::build(root)?;
         let out = exec::cargo(root)
-            .args([
-                "test",
-                "--release",
-                "-p",
-                "harness",
-                "--test",
-                "*",
-                "--no-run",
-            ])
+            .args(crate::INTEGRATION_TESTS)
+            .arg("--no-run")
             .args(["--message-format", "json-render-diagnostics"])
             .stderr(Stdio::inherit())
             .output()
@@ -840,6 +839,7 @@ impl Run {
 
 fn boot(
     kernel: &Kernel,
+    root: &Path,
     work: &Path,
     script: &str,
     options: &Options,
@@ -861,7 +861,7 @@ fn boot(
     );
     fs::write(out_dir.join("cmd.sh"), preamble + script)?;
     let initrd = work.join(format!("{}.initramfs.cpio", kernel.release));
-    fs::write(&initrd, initramfs(kernel)?)
+    fs::write(&initrd, initramfs(kernel, root)?)
         .with_context(|| format!("writing {}", initrd.display()))?;
 
     let mut qemu = command("qemu-system-x86_64");
@@ -885,6 +885,15 @@ fn boot(
             out_dir.display()
         ))
         .args(["-device", "virtio-9p-pci,fsdev=out,mount_tag=out"])
+        .arg("-fsdev")
+        .arg(format!(
+            "local,id=workspace,path={},security_model=none,multidevs=remap",
+            root.display().to_string().replace(',', ",,")
+        ))
+        .args([
+            "-device",
+            "virtio-9p-pci,fsdev=workspace,mount_tag=workspace",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
