@@ -188,20 +188,20 @@ fn test(root: &std::path::Path) -> Result<()> {
     harness(root, "soak", &tracer, &["--seconds".into(), "60".into()])?;
     // The kernel matrix: the span tests under Debian 12's kernel and its
     // backport, once with each TCP probe set (this host's kernel offers
-    // neither). Guests run emulated here, so the timing-bound tests stay on
-    // the host (see README, "Kernel matrix").
-    vm::vm_test(
-        root,
-        vm::Options {
-            kernel: "all".into(),
-            shell: None,
-            timeout: Duration::from_secs(1200),
-            memory: "4G".into(),
-            accel: vm::Accel::Auto,
-            args: vec!["tracer_spans".into()],
-            probes: vec!["fentry".into(), "kprobes".into()],
-        },
-    )
+    // neither), and the CLI tests (doctor, `auto`, least privilege under
+    // Debian's perf_event_paranoid=3) under Debian 12's. Guests run emulated
+    // here, so the timing-bound tests stay on the host (README, "Kernel matrix").
+    let guest = |kernel: &str, binary: &str, probes: &[&str]| vm::Options {
+        kernel: kernel.into(),
+        shell: None,
+        timeout: Duration::from_secs(1200),
+        memory: "4G".into(),
+        accel: vm::Accel::Auto,
+        args: vec![binary.into()],
+        probes: probes.iter().map(|set| set.to_string()).collect(),
+    };
+    vm::vm_test(root, guest("all", "tracer_spans", &["fentry", "kprobes"]))?;
+    vm::vm_test(root, guest("6.1", "tracer_cli", &[]))
 }
 
 /// `cargo` arguments that build (and, without `--no-run`, run) the root
