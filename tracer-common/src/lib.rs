@@ -7,9 +7,8 @@
 /// Bytes of a read or write copied into an event. Only buffers that start
 /// an HTTP message, or continue its header block, are copied; bodies never.
 /// The request or status line and the first headers fit; a longer head
-/// keeps its first line (the daemon falls back to it). Larger captures make
-/// the header scan cost more verifier steps than older kernels allow (at 512
-/// bytes, 958,000 of the one million on 6.18; over it on 6.1).
+/// keeps its first line (the daemon falls back to it). Spans use no more,
+/// and a small record keeps the ring buffer's bandwidth low.
 pub const CAPTURE_LEN: usize = 256;
 /// Process (and thread) ids the kernel programs treat as traced.
 pub const MAX_TRACED_TASKS: u32 = 16_384;
