@@ -232,23 +232,16 @@ fn spawn_ready(
 /// addresses).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_as_nobody_with_the_units_capabilities() {
-    const CAPS: &str = "+bpf,+perfmon,+dac_read_search,+sys_ptrace";
     let app = start_app(WorkerClass::Sync, &[]).await;
-    let mut command = Command::new("setpriv");
-    command
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(format!("--inh-caps=-all,{CAPS}"))
-        .arg(format!("--ambient-caps=-all,{CAPS}"))
-        .arg(format!("--bounding-set=-all,{CAPS}"))
-        .arg(tracer_bin())
-        .args([
-            "--pid",
-            &app.master_pid().to_string(),
-            "--otlp-endpoint",
-            "none",
-            "--print",
-            "json",
-        ]);
+    let mut command = tracer_as_nobody("+bpf,+perfmon,+dac_read_search,+sys_ptrace");
+    command.args([
+        "--pid",
+        &app.master_pid().to_string(),
+        "--otlp-endpoint",
+        "none",
+        "--print",
+        "json",
+    ]);
     let (mut child, log, _rest) = spawn_ready(&mut command);
     assert!(
         log.contains(&format!("listening on ports {{{}}}", app.addr().port())),
@@ -268,14 +261,7 @@ async fn runs_as_nobody_with_the_units_capabilities() {
     );
 
     // One capability less (no CAP_PERFMON): a clear error, exit code 4.
-    let output = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .args([
-            "--inh-caps=-all,+bpf,+dac_read_search,+sys_ptrace",
-            "--ambient-caps=-all,+bpf,+dac_read_search,+sys_ptrace",
-        ])
-        .args(["--bounding-set=-all,+bpf,+dac_read_search,+sys_ptrace"])
-        .arg(tracer_bin())
+    let output = tracer_as_nobody("+bpf,+dac_read_search,+sys_ptrace")
         .args([
             "--pid",
             &app.master_pid().to_string(),
@@ -287,4 +273,17 @@ async fn runs_as_nobody_with_the_units_capabilities() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(4), "{stderr}");
     assert!(stderr.contains("CAP_PERFMON"), "{stderr}");
+}
+
+/// The tracer as user `nobody` holding only `caps` (setpriv syntax, such as
+/// `+bpf,+perfmon`), inheritable and ambient so they survive the exec.
+fn tracer_as_nobody(caps: &str) -> Command {
+    let mut command = Command::new("setpriv");
+    command
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(format!("--inh-caps=-all,{caps}"))
+        .arg(format!("--ambient-caps=-all,{caps}"))
+        .arg(format!("--bounding-set=-all,{caps}"))
+        .arg(tracer_bin());
+    command
 }

@@ -2,7 +2,7 @@
 //! and whether the tracer can run here. Exits non-zero when it cannot.
 use std::process::ExitCode;
 
-use aya::maps::MapType;
+use aya::{maps::MapType, programs::ProgramType, sys::BpfHelper};
 
 use super::{
     btf::Btf,
@@ -44,11 +44,15 @@ pub fn run() -> ExitCode {
     );
     check(
         "BPF ring buffer (5.8+)",
-        match aya::sys::is_map_supported(MapType::RingBuf) {
-            Ok(true) => Ok("supported".into()),
-            Ok(false) => Err("not supported by this kernel".into()),
-            Err(err) => Err(format!("probe failed: {err}")),
-        },
+        supported(aya::sys::is_map_supported(MapType::RingBuf)),
+        true,
+    );
+    check(
+        "bpf_loop helper (5.17+), for the header scan",
+        supported(aya::sys::is_helper_supported(
+            ProgramType::RawTracePoint,
+            BpfHelper::BPF_FUNC_loop,
+        )),
         true,
     );
     match tracefs::root() {
@@ -118,5 +122,14 @@ pub fn run() -> ExitCode {
     } else {
         println!("tracing cannot run here: fix the FAIL lines above");
         ExitCode::from(6)
+    }
+}
+
+/// A feature probe's answer as a doctor line.
+fn supported(probe: Result<bool, impl std::fmt::Display>) -> Result<String, String> {
+    match probe {
+        Ok(true) => Ok("supported".into()),
+        Ok(false) => Err("not supported by this kernel".into()),
+        Err(err) => Err(format!("probe failed: {err}")),
     }
 }
