@@ -186,22 +186,26 @@ fn test(root: &std::path::Path) -> Result<()> {
     )?;
     // The soak's short form: a minute of re-forking workers at 1000 req/s.
     harness(root, "soak", &tracer, &["--seconds".into(), "60".into()])?;
-    // The kernel matrix: the span tests under Debian 12's kernel and its
-    // backport, once with each TCP probe set (this host's kernel offers
+    // The kernel matrix: under Debian 12's kernel, the span and robustness
+    // tests once with each TCP probe set (this host's kernel offers
     // neither), and the CLI tests (doctor, `auto`, least privilege under
-    // Debian's perf_event_paranoid=3) under Debian 12's. Guests run emulated
-    // here, so the timing-bound tests stay on the host (README, "Kernel matrix").
-    let guest = |kernel: &str, binary: &str, probes: &[&str]| vm::Options {
+    // Debian's perf_event_paranoid=3); under its backport, the span tests.
+    // Guests run emulated here, so tests bound to a request rate stay on the
+    // host (README, "Kernel matrix").
+    let guest = |kernel: &str, args: &[&str], probes: &[&str]| vm::Options {
         kernel: kernel.into(),
         shell: None,
         timeout: Duration::from_secs(1200),
         memory: "4G".into(),
         accel: vm::Accel::Auto,
-        args: vec![binary.into()],
+        args: args.iter().map(|arg| arg.to_string()).collect(),
         probes: probes.iter().map(|set| set.to_string()).collect(),
     };
-    vm::vm_test(root, guest("all", "tracer_spans", &["fentry", "kprobes"]))?;
-    vm::vm_test(root, guest("6.1", "tracer_cli", &[]))
+    let both_sets = ["fentry", "kprobes"];
+    let functional = ["tracer_spans", "tracer_robustness", "--skip", "sigkill"];
+    vm::vm_test(root, guest("6.1", &functional, &both_sets))?;
+    vm::vm_test(root, guest("6.1", &["tracer_cli"], &[]))?;
+    vm::vm_test(root, guest("6.12", &["tracer_spans"], &both_sets))
 }
 
 /// `cargo` arguments that build (and, without `--no-run`, run) the root
