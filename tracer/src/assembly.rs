@@ -283,7 +283,15 @@ impl Connection {
         };
         if exchange.response.is_none() {
             exchange.outbound.extend_from_slice(data.payload);
-            match http::parse_response(&exchange.outbound, &exchange.request.method) {
+            let cut_short = (data.bytes as usize) > data.payload.len();
+            let parsed = match http::parse_response(&exchange.outbound, &exchange.request.method) {
+                // A head longer than the capture: its status line is known,
+                // where its body ends is not.
+                Parsed::Partial if cut_short => http::parse_response_line(&exchange.outbound)
+                    .map_or(Parsed::Invalid, Parsed::Complete),
+                parsed => parsed,
+            };
+            match parsed {
                 Parsed::Complete(head) if head.status < 200 => {
                     // 100 Continue and friends: the real response follows.
                     exchange
@@ -294,21 +302,6 @@ impl Connection {
                 Parsed::Complete(head) => {
                     exchange.response = Some(head);
                     exchange.outbound = Vec::new();
-                }
-                // A head longer than the capture: its status line is known,
-                // where its body ends is not.
-                Parsed::Partial if (data.bytes as usize) > data.payload.len() => {
-                    match http::parse_response_line(&exchange.outbound) {
-                        Some(head) => {
-                            exchange.response = Some(head);
-                            exchange.outbound = Vec::new();
-                        }
-                        None => {
-                            counters.unparseable_responses += 1;
-                            exchange.outbound.clear();
-                            return;
-                        }
-                    }
                 }
                 Parsed::Partial if exchange.outbound.len() <= MAX_HEAD_BYTES => {}
                 Parsed::Partial | Parsed::Invalid => {
@@ -694,6 +687,30 @@ mod tests {
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].request.path, "/big");
         assert_eq!(done[0].status, 431);
+    }
+
+    #[test]
+    fn a_response_head_cut_by_the_capture_gives_its_status() {
+        let mut assembler = Feed::new(false);
+        open(&mut assembler, None);
+        request(&mut assembler, 1, b"GET /cookies HTTP/1.1\r\n\r\n");
+        let mut head = b"HTTP/1.1 302 Found\r\nSet-Cookie: ".to_vec();
+        head.extend(vec![b'c'; 9000]);
+        head.extend(b"\r\nContent-Length: 0\r\n\r\n");
+        let cut = tracer_common::CAPTURE_LEN;
+        io(&mut assembler, Direction::Send, 2, &head, cut);
+        body(&mut assembler, 5, 100);
+        let done = close(&mut assembler);
+        assert_eq!(done.len(), 1);
+        assert_eq!((done[0].status, done[0].end_ns), (302, 5));
+        assert_eq!(assembler.counters.unparseable_responses, 0);
+
+        // A cut head whose status line is not even whole is counted.
+        open(&mut assembler, None);
+        request(&mut assembler, 6, b"GET / HTTP/1.1\r\n\r\n");
+        io(&mut assembler, Direction::Send, 7, &head, 10);
+        assert!(close(&mut assembler).is_empty());
+        assert_eq!(assembler.counters.unparseable_responses, 1);
     }
 
     fn exchange_bytes(path: &str) -> (Vec<u8>, Vec<u8>) {

@@ -8,9 +8,10 @@
 //! an `/init` script) mounts it, mounts the workspace (a third, writable share)
 //! at its host path, so that a clone on another filesystem or under `/tmp`
 //! works too, chroots into it and runs a script the host wrote into a second,
-//! writable 9p share, where the output and exit code come back. No network inside the guest; nothing is built there: the test
-//! binaries are built on the host and run directly, with the environment
-//! `cargo xtask test` gives them.
+//! writable 9p share, where the output and exit code come back. No network
+//! inside the guest; nothing is built there: the test binaries are built on
+//! the host and run directly, with the environment `cargo xtask test` gives
+//! them.
 //!
 //! qemu uses KVM when it can run Debian's kernels, and falls back to TCG
 //! (software emulation, several times slower: timing-sensitive tests suffer)
