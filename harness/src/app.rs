@@ -3,13 +3,13 @@
 //!
 //! Invariants: every child runs in its own process group and gets SIGKILL if
 //! the harness thread that started it dies (`PR_SET_PDEATHSIG`); dropping an
-//! [`App`] stops the tracer (SIGINT, so it can flush) and then the whole
+//! [`App`] stops the tracer (SIGTERM, so it can flush) and then the whole
 //! gunicorn group (SIGINT, then SIGKILL), so no child outlives the harness on
 //! return, error or Ctrl-C. `taskset` and `opentelemetry-instrument` both
 //! exec their command, so the pid we spawn is the gunicorn master.
 
 use std::fmt;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
@@ -22,9 +22,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::cpu;
 use crate::loadgen;
+use crate::patience;
+use crate::tracer::{Launch, TracerError, TracerProcess};
 
-/// What the tracer logs once its programs are attached and the tree seeded.
-const TRACER_READY: &str = "tracer::daemon] tracing ";
 /// How long a stopped child gets before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Bytes of a log shown in an error.
@@ -166,6 +166,8 @@ pub enum AppError {
         timeout: Duration,
         tail: String,
     },
+    #[error(transparent)]
+    Tracer(#[from] TracerError),
 }
 
 fn io_err(action: impl Into<String>) -> impl FnOnce(io::Error) -> AppError {
@@ -180,8 +182,7 @@ pub struct App {
     addr: SocketAddr,
     gunicorn: Child,
     gunicorn_log: PathBuf,
-    tracer: Option<Child>,
-    tracer_log: Option<PathBuf>,
+    tracer: Option<TracerProcess>,
 }
 
 impl App {
@@ -234,27 +235,28 @@ impl App {
             gunicorn,
             gunicorn_log,
             tracer: None,
-            tracer_log: None,
         };
-        app.wait_healthy(options.startup_timeout, options.workers as usize)
-            .await?;
+        app.wait_healthy(
+            patience::ceiling(options.startup_timeout),
+            options.workers as usize,
+        )
+        .await?;
 
         if let Some(tracer_bin) = tracer_bin {
-            let mut command = Command::new("taskset");
-            command
-                .arg("-c")
-                .arg(options.tools_core.to_string())
-                .arg(&tracer_bin)
-                .arg("--pid")
-                .arg(app.master_pid().to_string())
-                .args(["--otlp-endpoint", &options.otlp_endpoint])
-                .args(["--service-name", "flask-ebpf"])
-                // Its readiness line is logged at info level.
-                .env("RUST_LOG", "info");
-            let log = options.log_dir.join("tracer.log");
-            app.tracer = Some(spawn(&mut command, &log, "the tracer")?);
-            app.tracer_log = Some(log);
-            app.wait_tracer_loaded(options.startup_timeout).await?;
+            let launch = Launch::attached(
+                &tracer_bin,
+                app.master_pid(),
+                &options.otlp_endpoint,
+                "flask-ebpf",
+                options.tools_core,
+                &[],
+            )
+            .log_file(options.log_dir.join("tracer.log"));
+            // The launch blocks until the tracer is ready (or is not).
+            let started = tokio::task::spawn_blocking(move || launch.start())
+                .await
+                .map_err(|err| io_err("wait for the tracer to start")(io::Error::other(err)))?;
+            app.tracer = Some(started?);
         }
         Ok(app)
     }
@@ -277,7 +279,7 @@ impl App {
     }
 
     pub fn tracer_pid(&self) -> Option<u32> {
-        self.tracer.as_ref().map(Child::id)
+        self.tracer.as_ref().map(TracerProcess::pid)
     }
 
     /// Waits until all `workers` are forked and GET /light answers 200.
@@ -300,27 +302,6 @@ impl App {
         })
     }
 
-    /// The tracer is ready once it logs that it is tracing: by then its
-    /// programs are attached and the process tree is in its kernel map.
-    async fn wait_tracer_loaded(&mut self, timeout: Duration) -> Result<(), AppError> {
-        let start = Instant::now();
-        while start.elapsed() < timeout {
-            self.check_alive()?;
-            let Some(log) = self.tracer_log.as_deref() else {
-                return Ok(());
-            };
-            if fs::read_to_string(log).is_ok_and(|text| text.contains(TRACER_READY)) {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Err(AppError::NotReady {
-            what: "the tracer".into(),
-            timeout,
-            tail: self.tracer_log.as_deref().map(log_tail).unwrap_or_default(),
-        })
-    }
-
     /// Fails if gunicorn or the tracer has exited.
     pub fn check_alive(&mut self) -> Result<(), AppError> {
         let exited = |child: &mut Child, what: &str, log: &Path| match child.try_wait() {
@@ -332,8 +313,14 @@ impl App {
             _ => Ok(()),
         };
         exited(&mut self.gunicorn, "gunicorn", &self.gunicorn_log)?;
-        if let (Some(tracer), Some(log)) = (&mut self.tracer, &self.tracer_log) {
-            exited(tracer, "the tracer", log)?;
+        if let Some(tracer) = &mut self.tracer
+            && let Some(status) = tracer.try_wait().map_err(io_err("wait for the tracer"))?
+        {
+            return Err(AppError::Exited {
+                what: "the tracer".into(),
+                status: status.to_string(),
+                tail: tracer.log().join("\n"),
+            });
         }
         Ok(())
     }
@@ -341,7 +328,7 @@ impl App {
     /// Stops the tracer, then gunicorn. Also done on drop.
     pub fn stop(&mut self) {
         if let Some(mut tracer) = self.tracer.take() {
-            stop_group(&mut tracer);
+            let _ = tracer.stop();
         }
         stop_group(&mut self.gunicorn);
     }

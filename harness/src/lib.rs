@@ -12,6 +12,7 @@ pub mod http1;
 pub mod latency;
 pub mod loadgen;
 pub mod nginx;
+pub mod patience;
 pub mod plot;
 pub mod report;
 pub mod setup;

@@ -47,7 +47,8 @@ impl Nginx {
                 )
             })?;
         let mut nginx = Self { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let ceiling = crate::patience::ceiling(Duration::from_secs(10));
+        let deadline = Instant::now() + ceiling;
         while TcpStream::connect(nginx.addr()).is_err() {
             if let Some(status) = nginx.child.try_wait()? {
                 return Err(io::Error::other(format!(
@@ -55,7 +56,9 @@ impl Nginx {
                 )));
             }
             if Instant::now() > deadline {
-                return Err(io::Error::other("nginx did not listen within 10 s"));
+                return Err(io::Error::other(format!(
+                    "nginx did not listen on port {port} within {ceiling:?}"
+                )));
             }
             std::thread::sleep(Duration::from_millis(50));
         }

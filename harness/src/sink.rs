@@ -340,9 +340,12 @@ impl Sink {
     /// last clear; false on timeout.
     pub async fn wait_for_spans(&self, n: u64, timeout: Duration) -> bool {
         let mut total = self.shared.total.subscribe();
-        tokio::time::timeout(timeout, total.wait_for(|t| *t >= n))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(
+            crate::patience::ceiling(timeout),
+            total.wait_for(|t| *t >= n),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok())
     }
 
     /// Stops both servers and waits for them.

@@ -127,6 +127,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         probe_set.name(),
         ports
     );
+    // The one readiness signal: systemd's `Type=notify` and the harness wait
+    // for it (programs attached, tree seeded); without NOTIFY_SOCKET a no-op.
+    notify(sd_notify::NotifyState::Ready);
 
     let clock = Clock::new();
     let stats = Arc::new(Stats::default());
@@ -198,6 +201,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
 
     // Finish what is pending and flush it.
+    notify(sd_notify::NotifyState::Stopping);
     let _ = read_events(ring.get_mut(), &mut assembler, &mut tree, &stats, &mut done);
     assembler.drain(&mut done);
     send(&export.queue, &mut done, &stats);
@@ -212,6 +216,14 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
     log::info!("stopped: {}", stats.summary());
     Ok(())
+}
+
+/// Tells the supervisor, if any, how the daemon stands; a failure only
+/// costs the supervisor its signal, never the tracing.
+fn notify(state: sd_notify::NotifyState) {
+    if let Err(err) = sd_notify::notify(&[state]) {
+        log::warn!("cannot notify the supervisor (NOTIFY_SOCKET): {err}");
+    }
 }
 
 /// Drains the ring buffer; says whether the traced tree changed.

@@ -1,16 +1,11 @@
 //! The tracer binary's contract with its user: clear errors with distinct
 //! exit codes, both OTLP transports, and tracing that goes on while the
 //! collector is unreachable.
-mod tracer_support;
 
-use std::{
-    io::{BufRead as _, BufReader},
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
+use crate::support::*;
 use harness::app::WorkerClass;
-use tracer_support::*;
 
 fn run_tracer(args: &[&str]) -> (Option<i32>, String) {
     let output = Command::new(tracer_bin())
@@ -88,10 +83,10 @@ fn doctor_and_the_tracer_agree_on_the_probe_set() {
     let mut target = Command::new("sleep").arg("60").spawn().expect("sleep");
     let mut command = Command::new(tracer_bin());
     command.args(["--pid", &target.id().to_string(), "--otlp-endpoint", "none"]);
-    let (mut tracer, log, _) = spawn_ready(&mut command);
+    let tracer = launch(command);
+    let log = tracer.log().join("\n");
     assert!(log.contains(&format!("with {picked}, listening")), "{log}");
-    let _ = tracer.kill();
-    let _ = tracer.wait();
+    drop(tracer);
 
     for refused in ["fentry", "tracepoints", "kprobes"]
         .into_iter()
@@ -130,16 +125,14 @@ async fn exports_over_http_protobuf() {
         ])
         .args(["--otlp-endpoint", &format!("http://{}", sink.http_addr())])
         .args(["--otlp-protocol", "http/protobuf"]);
-    let (mut child, _log, _rest) = spawn_ready(&mut command);
+    let mut tracer = launch(command);
     let addr = app.addr();
     requests(addr, "/light", 20).await;
     let arrived = eventually(Duration::from_secs(15), || {
         server_spans(&sink, "flask-http").len() == 20
     })
     .await;
-    // SAFETY: signals our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().expect("tracer exits");
+    let status = tracer.stop().expect("the tracer exits");
     assert!(
         arrived,
         "got {} spans",
@@ -169,60 +162,32 @@ async fn unreachable_collector_is_a_warning_and_tracing_goes_on() {
             "1",
         ])
         .args(["--otlp-endpoint", &format!("http://{dead}")]);
-    let (mut child, log, rest) = spawn_ready(&mut command);
+    let mut tracer = launch(command);
+    let log = tracer.log().join("\n");
     assert!(
         log.contains("unreachable"),
         "no warning about the collector: {log}"
     );
     let addr = app.addr();
     requests(addr, "/missing", 10).await;
-    let lines = read_lines(child.stdout.take().expect("stdout"), 10).await;
+    let lines = read_lines(tracer.take_stdout().expect("stdout"), 10).await;
     assert_eq!(lines.len(), 10);
     assert!(
         lines
             .iter()
             .all(|l| l.contains("\"path\":\"/missing\"") && l.contains("\"status\":404"))
     );
-    // Give the exporter time to fail a batch, then stop.
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    // SAFETY: signals our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().expect("tracer exits");
-    let stderr = rest.join().expect("stderr reader");
+    // An export of those requests fails before the tracer is stopped.
+    tracer
+        .wait_for_line("OTLP export failed", Duration::from_secs(30))
+        .unwrap_or_else(|err| panic!("{err}"));
+    let status = tracer.stop().expect("the tracer exits");
+    let stderr = tracer.log().join("\n");
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(
         stderr.contains("export_dropped=10"),
         "requests not exported not counted: {stderr}"
     );
-}
-
-/// Spawns the tracer (maybe under a wrapper) and reads its stderr until it
-/// says it is tracing. Returns the child, what it logged so far, and a thread
-/// that collects the rest until it exits (so it never blocks on a full pipe).
-fn spawn_ready(
-    command: &mut Command,
-) -> (std::process::Child, String, std::thread::JoinHandle<String>) {
-    let mut child = command
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("tracer spawns");
-    let mut reader = BufReader::new(child.stderr.take().expect("stderr"));
-    let mut log = String::new();
-    while !log.contains("tracer::daemon] tracing ") {
-        let mut line = String::new();
-        if reader.read_line(&mut line).expect("read stderr") == 0 {
-            panic!("tracer exited before tracing: {log}");
-        }
-        log.push_str(&line);
-    }
-    let rest = std::thread::spawn(move || {
-        let mut tail = String::new();
-        let _ = std::io::Read::read_to_string(&mut reader, &mut tail);
-        tail
-    });
-    (child, log, rest)
 }
 
 /// The capability set of `deploy/tracer.service`, as user `nobody` against a
@@ -242,16 +207,16 @@ async fn runs_as_nobody_with_the_units_capabilities() {
         "--print",
         "json",
     ]);
-    let (mut child, log, _rest) = spawn_ready(&mut command);
+    let mut tracer = launch(command);
+    let log = tracer.log().join("\n");
     assert!(
         log.contains(&format!("listening on ports {{{}}}", app.addr().port())),
         "{log}"
     );
     let addr = app.addr();
     requests(addr, "/light", 5).await;
-    let lines = read_lines(child.stdout.take().expect("stdout"), 5).await;
-    let _ = child.kill();
-    let _ = child.wait();
+    let lines = read_lines(tracer.take_stdout().expect("stdout"), 5).await;
+    drop(tracer);
     assert_eq!(lines.len(), 5);
     assert!(
         lines

@@ -1,7 +1,6 @@
 //! Root integration tests of the tracer against the real Flask app under
 //! real gunicorn, with the real kernel programs and a real OTLP/gRPC sink.
 //! Run by `cargo xtask test` (as root, one test at a time).
-mod tracer_support;
 
 use std::{
     io::{Read as _, Write as _},
@@ -9,8 +8,8 @@ use std::{
     time::Duration,
 };
 
+use crate::support::*;
 use harness::app::WorkerClass;
-use tracer_support::*;
 
 /// Many mixed requests, one connection each (gunicorn sync workers close
 /// after every response): exactly one correct span per request.

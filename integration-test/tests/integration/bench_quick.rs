@@ -1,18 +1,17 @@
 //! CI's end-to-end run of the benchmark: `harness bench --quick` with all
 //! three configurations (real gunicorn, the real OpenTelemetry distro, the
 //! real tracer), then checks of what it wrote.
-mod tracer_support;
 
 use std::{path::PathBuf, process::Command};
 
+use crate::support::{harness_bin, tracer_bin};
 use harness::{app::Config, bench::BenchResults};
-use tracer_support::tracer_bin;
 
 #[test]
 fn quick_bench_reports_every_configuration_with_matching_span_counts() {
     let results_root =
         std::env::temp_dir().join(format!("tracer-bench-quick-{}", std::process::id()));
-    let output = Command::new(env!("CARGO_BIN_EXE_harness"))
+    let output = Command::new(harness_bin())
         .args(["bench", "--quick", "--tracer"])
         .arg(tracer_bin())
         .arg("--results")

@@ -2,15 +2,13 @@
 //! under real gunicorn, the real tracer binary attached to it, the harness's
 //! real OTLP/gRPC sink, and a small blocking HTTP client that times each
 //! request as the client saw it.
-#![allow(dead_code, reason = "each test binary uses a different subset")]
 
 use std::{
     collections::HashMap,
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpStream},
     path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::mpsc,
+    process::Command,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -18,7 +16,9 @@ use harness::{
     affinity::pin_current_thread,
     app::{App, AppOptions, Config, WorkerClass},
     loadgen::{self, LoadConfig, LoadReport},
+    patience,
     sink::{ReceivedSpan, Sink},
+    tracer::{Launch, TracerProcess},
 };
 
 pub fn workspace_root() -> PathBuf {
@@ -29,9 +29,18 @@ pub fn workspace_root() -> PathBuf {
 }
 
 pub fn tracer_bin() -> PathBuf {
-    std::env::var_os("TRACER_BIN")
+    release_bin("TRACER_BIN", "tracer")
+}
+
+pub fn harness_bin() -> PathBuf {
+    release_bin("HARNESS_BIN", "harness")
+}
+
+/// The binary `variable` names, else the workspace's release build of `name`.
+fn release_bin(variable: &str, name: &str) -> PathBuf {
+    std::env::var_os(variable)
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/release/tracer"))
+        .unwrap_or_else(|| workspace_root().join("target/release").join(name))
 }
 
 /// gunicorn serving the Flask app, untraced by the harness itself.
@@ -62,11 +71,10 @@ pub fn probe_set_override() -> Vec<String> {
     }
 }
 
-/// The tracer binary, attached to `pid`, exporting to `sink`.
-pub struct Tracer {
-    child: Child,
-    pub stderr: mpsc::Receiver<String>,
-}
+/// The tracer binary, attached to `pid`, exporting to `sink`, its log
+/// echoed with a `[tracer]` prefix; started and made ready by the harness's
+/// one spawner. Dropping it kills it (SIGKILL).
+pub struct Tracer(TracerProcess);
 
 impl Tracer {
     pub fn start(pid: u32, sink: &Sink, service: &str) -> Tracer {
@@ -75,63 +83,35 @@ impl Tracer {
 
     /// [`Tracer::start`] with more command-line arguments.
     pub fn start_with(pid: u32, sink: &Sink, service: &str, extra_args: &[&str]) -> Tracer {
-        let mut child = Command::new(tracer_bin())
+        let mut command = Command::new(tracer_bin());
+        command
             .args(["--pid", &pid.to_string(), "--service-name", service])
             .args(["--otlp-endpoint", &format!("http://{}", sink.grpc_addr())])
             .args(["--stats-interval", "1"])
             .args(probe_set_override())
-            .args(extra_args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tracer spawns (build it with `cargo xtask build`)");
-        let (lines, stderr) = mpsc::channel();
-        let pipe = child.stderr.take().expect("stderr");
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                eprintln!("[tracer] {line}");
-                if lines.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let tracer = Tracer { child, stderr };
-        tracer.wait_for_line("tracing ", Duration::from_secs(60));
-        tracer
-    }
-
-    /// Waits until the tracer logs a line containing `needle`.
-    pub fn wait_for_line(&self, needle: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stderr.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(_) => panic!("the tracer did not log {needle:?} within {timeout:?}"),
-            }
-        }
+            .args(extra_args);
+        Tracer(launch(command))
     }
 
     /// Resident memory in KiB: (now, peak).
     pub fn memory_kib(&self) -> (u64, u64) {
-        harness::tracer::memory_kib(self.child.id()).expect("the tracer is running")
+        self.0.memory_kib().expect("the tracer is running")
     }
 
     /// SIGTERM, then the exit status: the tracer must flush and exit 0.
     pub fn stop(mut self) -> std::process::ExitStatus {
-        // SAFETY: signals our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        self.child.wait().expect("tracer exits")
+        self.0.stop().expect("the tracer exits")
     }
 }
 
-impl Drop for Tracer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts `command` (the tracer, or a wrapper that execs it) with stdout
+/// piped, and returns it once ready; panics with its log if it is not.
+pub fn launch(command: Command) -> TracerProcess {
+    Launch::new(command)
+        .echo("[tracer] ")
+        .piped_stdout()
+        .start()
+        .unwrap_or_else(|err| panic!("{err}"))
 }
 
 /// What the client saw of one request.
@@ -238,9 +218,10 @@ pub fn requests_lost(sink: &Sink) -> f64 {
         .sum()
 }
 
-/// Polls `probe` until it holds or `timeout` passes.
-pub async fn eventually(timeout: Duration, mut probe: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
+/// Polls `probe` until it holds or `ceiling` (stretched by the machine's
+/// patience) passes.
+pub async fn eventually(ceiling: Duration, mut probe: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + patience::ceiling(ceiling);
     while Instant::now() < deadline {
         if probe() {
             return true;

@@ -1,6 +1,5 @@
 //! Root integration tests under load, against Debian's nginx: a fast
 //! keep-alive server that, unlike gunicorn, also answers pipelined requests.
-mod tracer_support;
 
 use std::{
     io::{Read as _, Write as _},
@@ -8,11 +7,11 @@ use std::{
     time::Duration,
 };
 
+use crate::support::*;
 use harness::{
     nginx::Nginx,
     sink::{Sink, SinkOptions},
 };
-use tracer_support::*;
 
 /// Three requests written at once: nginx reads them in one `recv`, so the
 /// kernel side must keep every head of the buffer, and each gets a span.
@@ -120,18 +119,23 @@ async fn a_fast_server_is_traced_or_its_losses_counted_exactly() {
         report.achieved_rate
     );
     let accounted = |sink: &Sink| sink.server_span_count(SERVICE) as f64 + requests_lost(sink);
-    eventually(Duration::from_secs(30), || {
-        accounted(&sink) >= answered as f64
-    })
-    .await;
-    // One more metrics interval, so a late loss count cannot hide a surplus.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            accounted(&sink) >= answered as f64
+        })
+        .await,
+        "{} of {answered} requests accounted for",
+        accounted(&sink)
+    );
+    let (rss_end, rss_peak) = tracer.memory_kib();
+    // Stopping flushes every span and the final loss counts, so a late
+    // count cannot hide a surplus.
+    assert_eq!(tracer.stop().code(), Some(0));
     let spans = sink.server_span_count(SERVICE);
     let losses: Vec<(&str, f64)> = REQUEST_LOSSES
         .iter()
         .map(|reason| (*reason, dropped(&sink, reason)))
         .collect();
-    let (rss_end, rss_peak) = tracer.memory_kib();
     eprintln!(
         "{RATE} req/s offered, {:.0} achieved: {answered} answered, {spans} spans, losses {losses:?}, \
          ring_buffer_full {}, tracer RSS {rss_start} -> {rss_end} KiB (peak {rss_peak})",
@@ -147,5 +151,4 @@ async fn a_fast_server_is_traced_or_its_losses_counted_exactly() {
         rss_peak < 256 * 1024,
         "the tracer's memory peaked at {rss_peak} KiB"
     );
-    assert_eq!(tracer.stop().code(), Some(0));
 }

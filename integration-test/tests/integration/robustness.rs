@@ -1,6 +1,5 @@
 //! Root integration tests: the traced tree changes, bad input arrives, and
 //! other HTTP servers on the host must stay untraced.
-mod tracer_support;
 
 use std::{
     io::{Read as _, Write as _},
@@ -8,8 +7,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use harness::{app::WorkerClass, sink::Sink};
-use tracer_support::*;
+use crate::support::*;
+use harness::{app::WorkerClass, patience, sink::Sink};
 
 /// A worker killed mid-run is replaced by gunicorn; the replacement, forked
 /// after the tracer started, is traced from its first request.
@@ -49,7 +48,7 @@ async fn reforked_workers_are_traced() {
             .any(|s| attr_i64(s, "process.pid") == i64::from(replacement))
     };
     let mut expected = 30;
-    let deadline = Instant::now() + Duration::from_secs(90);
+    let deadline = Instant::now() + patience::ceiling(Duration::from_secs(90));
     while !served_by_replacement(&sink) && Instant::now() < deadline {
         let sent = tokio::task::spawn_blocking(move || {
             (0..30)
@@ -228,7 +227,7 @@ async fn processes_outside_the_tree_are_not_traced() {
         .await,
         "traced requests missing"
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Stopping flushes: a span of the untraced server would be here now.
     tracer.stop();
     let spans = sink.spans();
     let server: Vec<_> = spans.iter().filter(|s| s.kind == "SERVER").collect();
@@ -333,7 +332,17 @@ async fn sigkill_mid_load_leaves_the_service_and_the_kernel_clean() {
         harness::loadgen::LoadConfig::get(app.addr(), "/light", 200.0, Duration::from_secs(6));
     load.connections = 10;
     let running = tokio::spawn(harness::loadgen::run(load));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Mid-load: once the tracer has exported some of it.
+    assert!(
+        eventually(Duration::from_secs(20), || server_spans(
+            &sink,
+            "flask-kill"
+        )
+        .len()
+            >= 50)
+        .await,
+        "no spans under load before the kill"
+    );
     drop(tracer); // SIGKILL (Tracer's Drop kills)
     let report = running.await.expect("load task").expect("load ran");
     let counts = &report.counts;
