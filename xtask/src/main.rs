@@ -54,6 +54,10 @@ enum Command {
         /// fentry, kprobes); default once, with the tracer's own choice.
         #[arg(long, value_delimiter = ',')]
         probes: Vec<String>,
+        /// When a series' pinned kernel is gone from the apt archive, run the
+        /// newest installable one (said loudly) instead of failing.
+        #[arg(long)]
+        accept_newer_kernel: bool,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -106,6 +110,7 @@ fn run(command: Command) -> Result<()> {
             memory,
             accel,
             probes,
+            accept_newer_kernel,
             args,
         } => vm::vm_test(
             &root,
@@ -117,6 +122,7 @@ fn run(command: Command) -> Result<()> {
                 accel,
                 args,
                 probes,
+                accept_newer_kernel,
             },
         ),
         Command::Soak { args } => {
@@ -200,6 +206,7 @@ fn test(root: &std::path::Path) -> Result<()> {
         accel: vm::Accel::Auto,
         args: args.iter().map(|arg| arg.to_string()).collect(),
         probes: probes.iter().map(|set| set.to_string()).collect(),
+        accept_newer_kernel: false,
     };
     let both_sets = ["fentry", "kprobes"];
     let functional = ["tracer_spans", "tracer_robustness", "--skip", "sigkill"];

@@ -11,7 +11,13 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use super::{Accel, Options, initramfs::initramfs, kernel::Kernel, plan::Payload, quote};
+use super::{
+    Accel, Options,
+    initramfs::initramfs,
+    kernel::{Kernel, Provenance},
+    plan::Payload,
+    quote,
+};
 use crate::exec::command;
 
 enum Outcome {
@@ -24,6 +30,8 @@ enum Outcome {
 
 pub(super) struct Run {
     pub(super) release: String,
+    /// Which package ran, and whether it is the pinned one.
+    provenance: Provenance,
     outcome: Outcome,
     duration: Duration,
     binaries: Vec<BinaryResult>,
@@ -190,6 +198,7 @@ pub(super) fn boot(
     let log = fs::read_to_string(out_dir.join("output.log")).unwrap_or_default();
     Ok(Run {
         release: kernel.release.clone(),
+        provenance: kernel.provenance.clone(),
         outcome,
         duration,
         binaries: parse_results(&log),
@@ -298,8 +307,8 @@ fn parse_results(log: &str) -> Vec<BinaryResult> {
 pub(super) fn print_table(runs: &[Run], payload: &Payload, accel: Accel) {
     println!("\n=== vm-test summary ({accel:?}) ===");
     println!(
-        "{:<24} {:<10} {:>7} {:>7} {:>9}",
-        "kernel", "result", "passed", "failed", "duration"
+        "{:<24} {:<10} {:>7} {:>7} {:>9}  {:<11} package version",
+        "kernel", "result", "passed", "failed", "duration", "pinned?"
     );
     for run in runs {
         let result = match &run.outcome {
@@ -316,10 +325,21 @@ pub(super) fn print_table(runs: &[Run], payload: &Payload, accel: Accel) {
             }
             Payload::Shell(_) => ("-".into(), "-".into()),
         };
+        let pinned = if run.provenance.pinned() {
+            "pinned"
+        } else {
+            "NOT PINNED"
+        };
         println!(
-            "{:<24} {result:<10} {passed:>7} {failed:>7} {:>8.0}s",
+            "{:<24} {result:<10} {passed:>7} {failed:>7} {:>8.0}s  {pinned:<11} {}",
             run.release,
-            run.duration.as_secs_f64()
+            run.duration.as_secs_f64(),
+            run.provenance.origin
         );
+    }
+    for run in runs {
+        if let Some(warning) = run.provenance.warning() {
+            println!("Linux {}: {warning}", run.release);
+        }
     }
 }

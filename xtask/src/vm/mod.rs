@@ -19,9 +19,13 @@
 //! pagetable-based KVM without VMX/SVM), which runs only PVM-aware guest
 //! kernels at speed. `--accel kvm|tcg` forces one.
 //!
-//! Kernel packages are fetched with `apt-get download` and extracted (never
-//! installed) into a cache outside the repository (`/var/cache/tracer-vm`, or
-//! `$TRACER_VM_CACHE`), reused across runs and clean clones.
+//! The kernels are pinned (package, Debian version, SHA256 of the .deb: see
+//! `kernel::PINS`), fetched with `apt-get download`, checked and extracted
+//! (never installed) into a cache outside the repository
+//! (`/var/cache/tracer-vm`, or `$TRACER_VM_CACHE`), reused across runs and
+//! clean clones. A pin gone from the archive fails the run, unless
+//! `--accept-newer-kernel`, which runs the newest kernel of the series and
+//! says so in the per-kernel header and the summary.
 //!
 //! The parts: `kernel` (fetching and caching the kernel packages),
 //! `initramfs` (the guest's `/init` and the archive that carries it),
@@ -70,6 +74,10 @@ pub struct Options {
     /// Run the tests once per probe set named here (`TRACER_PROBES`);
     /// empty: once, with the tracer's own choice.
     pub probes: Vec<String>,
+    /// When a series' pinned kernel is gone from the apt archive (or the
+    /// series has no pin), run the newest installable one instead of
+    /// failing, and say so loudly.
+    pub accept_newer_kernel: bool,
 }
 
 pub fn vm_test(root: &Path, options: Options) -> Result<()> {
@@ -81,7 +89,7 @@ pub fn vm_test(root: &Path, options: Options) -> Result<()> {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE));
     let kernels = series
         .iter()
-        .map(|series| Kernel::fetch(&cache, series))
+        .map(|series| Kernel::fetch(&cache, series, options.accept_newer_kernel))
         .collect::<Result<Vec<_>>>()?;
 
     let payload = match &options.shell {
@@ -94,9 +102,13 @@ pub fn vm_test(root: &Path, options: Options) -> Result<()> {
     let mut runs = Vec::new();
     for kernel in &kernels {
         println!(
-            "\n=== vm-test: Linux {} ({}, {accel:?}) ===",
-            kernel.release, kernel.package
+            "\n=== vm-test: Linux {} ({}; {accel:?}) ===",
+            kernel.release,
+            kernel.provenance.short()
         );
+        if let Some(warning) = kernel.provenance.warning() {
+            println!("{warning}");
+        }
         let run = boot(kernel, root, &work, &script, &options, accel)
             .with_context(|| format!("running the guest with Linux {}", kernel.release))?;
         run.print_details(&payload);
