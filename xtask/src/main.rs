@@ -50,6 +50,9 @@ enum Command {
         /// kvm, tcg (software emulation), or auto: KVM when it can run Debian's kernels.
         #[arg(long, value_enum, default_value_t = vm::Accel::Auto)]
         accel: vm::Accel,
+        /// Guest vCPUs (1 shows the tests' waits hold on a slower machine).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+        smp: u32,
         /// Run the tests once per probe set (comma-separated: tracepoints,
         /// fentry, kprobes); default once, with the tracer's own choice.
         #[arg(long, value_delimiter = ',')]
@@ -109,6 +112,7 @@ fn run(command: Command) -> Result<()> {
             timeout,
             memory,
             accel,
+            smp,
             probes,
             accept_newer_kernel,
             args,
@@ -123,6 +127,7 @@ fn run(command: Command) -> Result<()> {
                 args,
                 probes,
                 accept_newer_kernel,
+                smp,
             },
         ),
         Command::Soak { args } => {
@@ -207,6 +212,7 @@ fn test(root: &std::path::Path) -> Result<()> {
         args: args.iter().map(|arg| arg.to_string()).collect(),
         probes: probes.iter().map(|set| set.to_string()).collect(),
         accept_newer_kernel: false,
+        smp: 2,
     };
     let both_sets = ["fentry", "kprobes"];
     let functional = ["tracer_spans", "tracer_robustness", "--skip", "sigkill"];

@@ -120,7 +120,9 @@ pub(super) fn boot(
 
     let mut qemu = command("qemu-system-x86_64");
     qemu.args(accel.qemu_args())
-        .args(["-smp", "2", "-m", &options.memory])
+        .arg("-smp")
+        .arg(options.smp.to_string())
+        .args(["-m", &options.memory])
         .args(["-nographic", "-no-reboot", "-nic", "none"])
         .arg("-kernel")
         .arg(&kernel.vmlinuz)
@@ -304,8 +306,8 @@ fn parse_results(log: &str) -> Vec<BinaryResult> {
     results
 }
 
-pub(super) fn print_table(runs: &[Run], payload: &Payload, accel: Accel) {
-    println!("\n=== vm-test summary ({accel:?}) ===");
+pub(super) fn print_table(runs: &[Run], payload: &Payload, machine: &str) {
+    println!("\n=== vm-test summary ({machine}) ===");
     println!(
         "{:<24} {:<10} {:>7} {:>7} {:>9}  {:<11} package version",
         "kernel", "result", "passed", "failed", "duration", "pinned?"

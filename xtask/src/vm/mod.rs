@@ -78,6 +78,8 @@ pub struct Options {
     /// series has no pin), run the newest installable one instead of
     /// failing, and say so loudly.
     pub accept_newer_kernel: bool,
+    /// Guest vCPUs (qemu `-smp`).
+    pub smp: u32,
 }
 
 pub fn vm_test(root: &Path, options: Options) -> Result<()> {
@@ -96,13 +98,19 @@ pub fn vm_test(root: &Path, options: Options) -> Result<()> {
         Some(shell) => Payload::Shell(shell.clone()),
         None => Payload::Tests(TestPlan::build(root, &options.args, &options.probes)?),
     };
-    let script = payload.script(root);
+    let script = payload.script(root, accel.patience());
+    let machine = format!(
+        "{accel:?}, {} vCPU{}, TRACER_TEST_PATIENCE={}",
+        options.smp,
+        if options.smp == 1 { "" } else { "s" },
+        accel.patience()
+    );
 
     let work = root.join("target/vm-test");
     let mut runs = Vec::new();
     for kernel in &kernels {
         println!(
-            "\n=== vm-test: Linux {} ({}; {accel:?}) ===",
+            "\n=== vm-test: Linux {} ({}; {machine}) ===",
             kernel.release,
             kernel.provenance.short()
         );
@@ -114,7 +122,7 @@ pub fn vm_test(root: &Path, options: Options) -> Result<()> {
         run.print_details(&payload);
         runs.push(run);
     }
-    print_table(&runs, &payload, accel);
+    print_table(&runs, &payload, &machine);
     let failed: Vec<&str> = runs
         .iter()
         .filter(|run| !run.passed())
@@ -151,6 +159,15 @@ impl Accel {
                 );
                 Ok(Accel::Tcg)
             }
+        }
+    }
+
+    /// By how much the tests' wait ceilings are scaled in the guest
+    /// (`TRACER_TEST_PATIENCE`): software emulation runs 5-20x slower.
+    fn patience(self) -> u32 {
+        match self {
+            Accel::Kvm | Accel::Auto => 1,
+            Accel::Tcg => 10,
         }
     }
 

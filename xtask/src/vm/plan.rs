@@ -88,9 +88,13 @@ fn json_string<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 }
 
 impl Payload {
-    /// The script the guest runs (as `/bin/sh`, in the host's root).
-    pub(super) fn script(&self, root: &Path) -> String {
+    /// The script the guest runs (as `/bin/sh`, in the host's root);
+    /// `patience` is what it exports as `TRACER_TEST_PATIENCE`.
+    pub(super) fn script(&self, root: &Path, patience: u32) -> String {
         let mut script = String::from("# written by cargo xtask vm-test\n");
+        // How much slower than a host this guest runs: the tests scale their
+        // wait ceilings by it (10 under TCG, 1 under KVM).
+        let _ = writeln!(script, "export TRACER_TEST_PATIENCE={patience}");
         match self {
             Payload::Shell(shell) => {
                 let _ = writeln!(script, "cd {}", quote(&root.to_string_lossy()));
