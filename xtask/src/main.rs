@@ -96,7 +96,18 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<()> {
     let root = workspace_root();
-    setup::ensure(&root)?;
+    // What each command needs, and no more (a build needs no nginx).
+    match &command {
+        Command::Build | Command::Run { .. } | Command::Fuzz { .. } => setup::toolchain()?,
+        Command::VmTest { .. } => {
+            setup::toolchain()?;
+            setup::test_tools()?;
+            setup::venv(&root)?;
+        }
+        Command::Setup | Command::Test | Command::Soak { .. } | Command::Bench { .. } => {
+            setup::all(&root)?
+        }
+    }
     match command {
         Command::Setup => Ok(()),
         Command::Build => build(&root).map(|_| ()),
