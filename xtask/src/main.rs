@@ -50,10 +50,17 @@ enum Command {
         /// kvm, tcg (software emulation), or auto: KVM when it can run Debian's kernels.
         #[arg(long, value_enum, default_value_t = vm::Accel::Auto)]
         accel: vm::Accel,
+        /// Guest vCPUs (1 shows the tests' waits hold on a slower machine).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+        smp: u32,
         /// Run the tests once per probe set (comma-separated: tracepoints,
         /// fentry, kprobes); default once, with the tracer's own choice.
         #[arg(long, value_delimiter = ',')]
         probes: Vec<String>,
+        /// When a series' pinned kernel is gone from the apt archive, run the
+        /// newest installable one (said loudly) instead of failing.
+        #[arg(long)]
+        accept_newer_kernel: bool,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -89,7 +96,18 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<()> {
     let root = workspace_root();
-    setup::ensure(&root)?;
+    // What each command needs, and no more (a build needs no nginx).
+    match &command {
+        Command::Build | Command::Run { .. } | Command::Fuzz { .. } => setup::toolchain()?,
+        Command::VmTest { .. } => {
+            setup::toolchain()?;
+            setup::test_tools()?;
+            setup::venv(&root)?;
+        }
+        Command::Setup | Command::Test | Command::Soak { .. } | Command::Bench { .. } => {
+            setup::all(&root)?
+        }
+    }
     match command {
         Command::Setup => Ok(()),
         Command::Build => build(&root).map(|_| ()),
@@ -105,7 +123,9 @@ fn run(command: Command) -> Result<()> {
             timeout,
             memory,
             accel,
+            smp,
             probes,
+            accept_newer_kernel,
             args,
         } => vm::vm_test(
             &root,
@@ -117,6 +137,8 @@ fn run(command: Command) -> Result<()> {
                 accel,
                 args,
                 probes,
+                accept_newer_kernel,
+                smp,
             },
         ),
         Command::Soak { args } => {

@@ -1,5 +1,6 @@
-//! Idempotent machine setup, each step skipped when already done:
-//! the verified toolchain recipe of DESIGN.md and the Python venv.
+//! Idempotent machine setup, each step skipped when already done, in the
+//! parts the commands need: the toolchain (the verified recipe of DESIGN.md:
+//! what a build needs), the test tools, and the Python venv.
 use std::{fs, path::Path};
 
 use anyhow::{Context as _, Result, bail};
@@ -8,24 +9,35 @@ use crate::exec::{self, command, output};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
-/// Debian packages: LLVM 22 for bpf-linker; nginx and wrk for the
-/// collateral-cost bench; bpftool for the test that checks nothing of ours
-/// stays loaded after the tracer is killed.
-const APT_PACKAGES: [&str; 7] = [
+/// Debian packages: LLVM 22 for bpf-linker.
+const TOOLCHAIN_PACKAGES: [&str; 4] = [
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
-    "nginx-light",
-    "wrk",
-    "bpftool",
 ];
+/// Debian packages: nginx and wrk for the collateral-cost bench; bpftool
+/// for the test that checks nothing of ours stays loaded after the tracer
+/// is killed.
+const TEST_PACKAGES: [&str; 3] = ["nginx-light", "wrk", "bpftool"];
 
-pub fn ensure(root: &Path) -> Result<()> {
-    rust_components()?;
-    apt_packages()?;
-    bpf_linker()?;
+/// Everything: `cargo xtask setup`, and what the tests and the bench need.
+pub fn all(root: &Path) -> Result<()> {
+    toolchain()?;
+    test_tools()?;
     venv(root)
+}
+
+/// What building the tracer needs: the rust components, LLVM 22, bpf-linker.
+pub fn toolchain() -> Result<()> {
+    rust_components()?;
+    apt_install(&TOOLCHAIN_PACKAGES)?;
+    bpf_linker()
+}
+
+/// What the tests and the bench run beside the tracer and the app.
+pub fn test_tools() -> Result<()> {
+    apt_install(&TEST_PACKAGES)
 }
 
 /// rust-src builds `core` for the BPF target; clippy and rustfmt lint.
@@ -40,10 +52,6 @@ fn rust_components() -> Result<()> {
         return Ok(());
     }
     exec::run(command("rustup").args(["component", "add"]).args(&missing))
-}
-
-fn apt_packages() -> Result<()> {
-    apt_install(&APT_PACKAGES)
 }
 
 /// Installs those of `packages` that are not installed yet.
@@ -92,8 +100,9 @@ fn bpf_linker() -> Result<()> {
     )
 }
 
-/// `.venv` with the pinned requirements; redone when the requirements change.
-fn venv(root: &Path) -> Result<()> {
+/// `.venv` with the pinned requirements (the app the tests and the soak
+/// trace); redone when the requirements change.
+pub fn venv(root: &Path) -> Result<()> {
     let venv = root.join(".venv");
     let requirements = root.join("harness/app/requirements.txt");
     let wanted = fs::read_to_string(&requirements)
