@@ -37,7 +37,7 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("tracer-common package not found"))?;
     println!("cargo:rerun-if-changed={common}");
     // Stable rustc builds `core` for the BPF target only with build-std,
-    // which stable unlocks with RUSTC_BOOTSTRAP (see DESIGN.md).
+    // which stable unlocks with RUSTC_BOOTSTRAP.
     // SAFETY: the build script is single-threaded here.
     unsafe { std::env::set_var("RUSTC_BOOTSTRAP", "1") };
     aya_build::build_ebpf(

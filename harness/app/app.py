@@ -1,4 +1,4 @@
-"""The experiment's Flask app (see DESIGN.md), plus the routes the tracer's
+"""The experiment's Flask app (docs/results.md), plus the routes the tracer's
 tests need: a 404, a 500, a POST that reads its body, and a light endpoint."""
 from flask import Flask, abort, request
 

@@ -19,7 +19,7 @@ use crate::setup::Setup;
 /// p50 and p99 in ms.
 pub type P50P99 = (f64, f64);
 
-/// One rate of the published result (DESIGN.md).
+/// One rate of the published result (docs/results.md).
 #[derive(Debug, Clone, Copy)]
 pub struct Published {
     pub qps: u32,

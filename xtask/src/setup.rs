@@ -1,6 +1,6 @@
 //! Idempotent machine setup, each step skipped when already done, in the
-//! parts the commands need: the toolchain (the verified recipe of DESIGN.md:
-//! what a build needs), the test tools, and the Python venv.
+//! parts the commands need: the toolchain (rust-src, LLVM 22 and bpf-linker
+//! built against it: what a build needs), the test tools, and the Python venv.
 use std::{fs, path::Path};
 
 use anyhow::{Context as _, Result, bail};
