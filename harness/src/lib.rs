@@ -11,6 +11,7 @@ pub mod cpu;
 pub mod http1;
 pub mod latency;
 pub mod loadgen;
+pub mod losses;
 pub mod nginx;
 pub mod plot;
 pub mod report;

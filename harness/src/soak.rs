@@ -17,6 +17,7 @@ use crate::{
     app::{App, AppOptions, Config},
     cpu,
     loadgen::{self, LoadConfig},
+    losses::Losses,
     sink::{Sink, SinkOptions},
 };
 
@@ -41,8 +42,8 @@ pub struct SoakOptions {
 pub struct SoakReport {
     pub requests: u64,
     pub spans: u64,
-    /// Loss counters of the tracer that are not zero.
-    pub losses: BTreeMap<String, f64>,
+    /// The tracer's loss counters, as last exported.
+    pub losses: Losses,
     /// The tracer's resident memory in KiB, after each slice of load.
     pub rss_kib: Vec<u64>,
     /// Distinct worker pids seen, and how many were alive at the end.
@@ -60,7 +61,7 @@ impl SoakReport {
         let mut failures = Vec::new();
         if self.spans != self.requests {
             failures.push(format!(
-                "{} spans for {} requests (losses {:?})",
+                "{} spans for {} requests (losses: {})",
                 self.spans, self.requests, self.losses
             ));
         }
@@ -100,7 +101,12 @@ impl SoakReport {
         writeln!(out, "| server spans received | {} |", self.spans)?;
         let ratio = self.spans as f64 / self.requests.max(1) as f64;
         writeln!(out, "| spans / requests | {ratio:.4} |")?;
-        writeln!(out, "| losses counted | {:?} |", self.losses)?;
+        writeln!(
+            out,
+            "| requests lost (counted) | {} |",
+            self.losses.requests()
+        )?;
+        writeln!(out, "| losses counted | {} |", self.losses)?;
         writeln!(
             out,
             "| workers seen / alive at the end | {} / {} |",
@@ -198,16 +204,18 @@ pub async fn run(options: &SoakOptions) -> Result<SoakReport> {
     }
 
     // Everything sent is answered; give the tracer time to export it all.
-    let accounted =
-        |sink: &Sink| sink.server_span_count(service) as f64 + losses(sink).values().sum::<f64>();
+    let accounted = |sink: &Sink| -> Result<f64> {
+        let losses = Losses::from_metrics(&sink.metrics())?;
+        Ok(sink.server_span_count(service) as f64 + losses.requests())
+    };
     for _ in 0..60 {
-        if accounted(&sink) >= report.requests as f64 {
+        if accounted(&sink)? >= report.requests as f64 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     report.spans = sink.server_span_count(service);
-    report.losses = losses(&sink);
+    report.losses = Losses::from_metrics(&sink.metrics())?;
     report.workers_alive = app.worker_pids()?.len();
     report.workers_seen = workers.len();
     let maps = tracked_maps(tracer)?;
@@ -225,15 +233,6 @@ pub async fn run(options: &SoakOptions) -> Result<SoakReport> {
             .collect();
     }
     Ok(report)
-}
-
-/// The tracer's non-zero losses of requests, as last exported (records
-/// lost from the ring buffer are counted again as the requests they held).
-fn losses(sink: &Sink) -> BTreeMap<String, f64> {
-    sink.latest_by("tracer.dropped", "reason")
-        .into_iter()
-        .filter(|(reason, value)| *value > 0.0 && reason != "ring_buffer_full")
-        .collect()
 }
 
 fn rss_kib(pid: u32) -> Result<u64> {

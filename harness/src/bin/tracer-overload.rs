@@ -9,9 +9,7 @@
 //!   pairs (medians).
 //!
 //! `cargo run --release -p harness --bin tracer-overload -- --tracer target/release/tracer`
-use std::{
-    collections::BTreeMap, fmt::Write as _, fs, net::SocketAddr, path::PathBuf, time::Duration,
-};
+use std::{fmt::Write as _, fs, net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result};
 use clap::Parser;
@@ -19,11 +17,13 @@ use harness::{
     affinity::pin_current_thread,
     cpu::{BpfStatsGuard, bpf_prog_stats, read_stat, ticks_to_ns},
     loadgen::{self, LoadConfig, LoadReport},
+    losses::Losses,
     nginx::Nginx,
     report::median,
     sink::{Sink, SinkOptions},
     tracer::TracerProcess,
 };
+use tracer::stats::DropReason;
 
 const SERVICE: &str = "nginx-overload";
 const NGINX_PORT: u16 = 18_183;
@@ -99,11 +99,12 @@ async fn main() -> Result<()> {
         let bpf_before = bpf_prog_stats(tracer.pid())?;
         let load = drive(nginx.addr(), rate, args.duration, args.connections).await?;
         let answered = load.counts.responses();
-        let accounted = |sink: &Sink| {
-            sink.server_span_count(SERVICE) as f64 + request_losses(sink).values().sum::<f64>()
+        let accounted = |sink: &Sink| -> Result<f64> {
+            let losses = Losses::from_metrics(&sink.metrics())?;
+            Ok(sink.server_span_count(SERVICE) as f64 + losses.requests())
         };
         for _ in 0..60 {
-            if accounted(&sink) >= answered as f64 {
+            if accounted(&sink)? >= answered as f64 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -113,19 +114,16 @@ async fn main() -> Result<()> {
         let cpu_s = ticks_to_ns(read_stat(tracer.pid())?.cpu_ticks - cpu_before) as f64 / 1e9;
         let bpf_s = bpf_prog_stats(tracer.pid())?.since(&bpf_before).run_time_ns as f64 / 1e9;
         let (_, peak_kib) = tracer.memory_kib()?;
-        let losses = request_losses(&sink);
-        let records_lost = sink
-            .latest_by("tracer.dropped", "reason")
-            .get("ring_buffer_full")
-            .copied()
-            .unwrap_or(0.0);
+        let losses = Losses::from_metrics(&sink.metrics())?;
         let elapsed = load.duration_s;
         writeln!(
             report,
-            "| {rate:.0} | {:.0} | {answered} | {} | {:.0} {losses:?} | {records_lost} | {:.1} + {:.1} | {:.0}% | {:.1} |",
+            "| {rate:.0} | {:.0} | {answered} | {} | {:.0} ({}) | {} | {:.1} + {:.1} | {:.0}% | {:.1} |",
             load.achieved_rate,
             sink.server_span_count(SERVICE),
-            losses.values().sum::<f64>() + 0.0, // not -0 when empty
+            losses.requests(),
+            losses.only_requests(),
+            losses.get(DropReason::RingBufferFull),
             cpu_s * 1e6 / answered as f64,
             bpf_s * 1e6 / answered as f64,
             (cpu_s + bpf_s) / elapsed * 100.0,
@@ -184,14 +182,6 @@ async fn main() -> Result<()> {
         fs::write(&out, &report).with_context(|| format!("writing {}", out.display()))?;
     }
     Ok(())
-}
-
-/// Requests the tracer reported lost, by reason (records are not requests).
-fn request_losses(sink: &Sink) -> BTreeMap<String, f64> {
-    sink.latest_by("tracer.dropped", "reason")
-        .into_iter()
-        .filter(|(reason, value)| *value > 0.0 && reason != "ring_buffer_full")
-        .collect()
 }
 
 /// The load runs on a thread and runtime of its own: on the main runtime,
