@@ -5,7 +5,6 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    net::SocketAddr,
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
@@ -18,7 +17,7 @@ use crate::{
     cpu,
     loadgen::{self, LoadConfig},
     losses::Losses,
-    sink::{Sink, SinkOptions},
+    measure,
 };
 
 /// The tracer's maps keyed by something that ends: tasks and connections.
@@ -145,14 +144,10 @@ impl SoakReport {
     }
 }
 
-/// Runs the soak. Call from a thread pinned to the tools core.
+/// Runs the soak. Call from a thread pinned to the tools core
+/// ([`measure::pin_to_tools_core`]).
 pub async fn run(options: &SoakOptions) -> Result<SoakReport> {
-    let loopback: SocketAddr = "127.0.0.1:0".parse()?;
-    let counting = SinkOptions {
-        keep_spans: false,
-        ..SinkOptions::default()
-    };
-    let sink = Sink::start_with(loopback, loopback, counting).await?;
+    let sink = measure::start_sink().await?;
     let mut app_options = AppOptions::new(
         Config::Ebpf,
         options.app_dir.clone(),
@@ -204,18 +199,9 @@ pub async fn run(options: &SoakOptions) -> Result<SoakReport> {
     }
 
     // Everything sent is answered; give the tracer time to export it all.
-    let accounted = |sink: &Sink| -> Result<f64> {
-        let losses = Losses::from_metrics(&sink.metrics())?;
-        Ok(sink.server_span_count(service) as f64 + losses.requests())
-    };
-    for _ in 0..60 {
-        if accounted(&sink)? >= report.requests as f64 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    report.spans = sink.server_span_count(service);
-    report.losses = Losses::from_metrics(&sink.metrics())?;
+    let accounted = measure::wait_until_accounted(&sink, service, report.requests).await?;
+    report.spans = accounted.spans;
+    report.losses = accounted.losses;
     report.workers_alive = app.worker_pids()?.len();
     report.workers_seen = workers.len();
     let maps = tracked_maps(tracer)?;
