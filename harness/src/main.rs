@@ -1,10 +1,11 @@
 //! `harness`: the benchmark (`harness bench`, run by `cargo xtask bench`), the
-//! load generator on its own (`harness load`) and the OTLP sink on its own
-//! (`harness sink`).
+//! load generator on its own (`harness load`), the OTLP sink on its own
+//! (`harness sink`), and the tracer's own measurements: `harness cost`,
+//! `harness overload` and `harness soak`.
 
 use std::io::Write as _;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -12,11 +13,13 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use harness::app::Config;
 use harness::bench::{self, BenchOptions, PUBLISHED_LEVELS, Progress, Rates};
+use harness::cost::{self, CostOptions};
 use harness::loadgen::{self, LoadConfig};
+use harness::overload::{self, OverloadOptions};
 use harness::setup::{Setup, host_name};
 use harness::sink::Sink;
 use harness::soak::{self, SoakOptions};
-use harness::{affinity, plot, report};
+use harness::{affinity, measure, plot, report};
 
 #[derive(Parser)]
 #[command(about = "Proving ground for the eBPF HTTP tracer")]
@@ -37,6 +40,12 @@ enum Command {
     /// unless every request became a span, memory stayed flat and no map
     /// entry outlived its task.
     Soak(SoakArgs),
+    /// The tracer's spans and CPU per request, and its cost to processes it
+    /// does not trace, with and without it in interleaved pairs.
+    Cost(CostOptions),
+    /// The tracer under a fast nginx: a traced rate sweep (spans, losses,
+    /// CPU, memory) and served latency with and without it.
+    Overload(OverloadOptions),
 }
 
 #[derive(Args)]
@@ -162,7 +171,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Load(args) => run_load(args),
         Command::Sink(args) => run_sink(args),
         Command::Soak(args) => run_soak(args),
+        Command::Cost(options) => {
+            measure::pin_to_tools_core()?;
+            let text = runtime()?.block_on(cost::run(&options))?;
+            publish(&text, options.out.as_deref())
+        }
+        Command::Overload(options) => {
+            measure::pin_to_tools_core()?;
+            let text = runtime()?.block_on(overload::run(&options))?;
+            publish(&text, options.out.as_deref())
+        }
     }
+}
+
+/// Prints a report and also writes it to `out`, if given.
+fn publish(text: &str, out: Option<&Path>) -> anyhow::Result<()> {
+    println!("{text}");
+    if let Some(out) = out {
+        std::fs::write(out, text).with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(())
 }
 
 struct Stderr;
@@ -322,9 +350,7 @@ fn run_sink(args: SinkArgs) -> anyhow::Result<()> {
 }
 
 fn run_soak(args: SoakArgs) -> anyhow::Result<()> {
-    if affinity::online_cpus() > 1 {
-        affinity::pin_current_thread(1).context("pinning to core 1")?;
-    }
+    measure::pin_to_tools_core()?;
     let options = SoakOptions {
         duration: Duration::from_secs(args.seconds),
         rate: args.rate,
@@ -334,11 +360,7 @@ fn run_soak(args: SoakArgs) -> anyhow::Result<()> {
         venv: args.venv,
     };
     let report = runtime()?.block_on(soak::run(&options))?;
-    let text = report.markdown(&options)?;
-    println!("{text}");
-    if let Some(out) = &args.out {
-        std::fs::write(out, &text).with_context(|| format!("writing {}", out.display()))?;
-    }
+    publish(&report.markdown(&options)?, args.out.as_deref())?;
     let failures = report.failures();
     if !failures.is_empty() {
         bail!("soak failed: {}", failures.join("; "));

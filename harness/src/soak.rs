@@ -5,7 +5,6 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    net::SocketAddr,
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
@@ -17,7 +16,8 @@ use crate::{
     app::{App, AppOptions, Config},
     cpu,
     loadgen::{self, LoadConfig},
-    sink::{Sink, SinkOptions},
+    losses::Losses,
+    measure,
 };
 
 /// The tracer's maps keyed by something that ends: tasks and connections.
@@ -41,8 +41,8 @@ pub struct SoakOptions {
 pub struct SoakReport {
     pub requests: u64,
     pub spans: u64,
-    /// Loss counters of the tracer that are not zero.
-    pub losses: BTreeMap<String, f64>,
+    /// The tracer's loss counters, as last exported.
+    pub losses: Losses,
     /// The tracer's resident memory in KiB, after each slice of load.
     pub rss_kib: Vec<u64>,
     /// Distinct worker pids seen, and how many were alive at the end.
@@ -60,7 +60,7 @@ impl SoakReport {
         let mut failures = Vec::new();
         if self.spans != self.requests {
             failures.push(format!(
-                "{} spans for {} requests (losses {:?})",
+                "{} spans for {} requests (losses: {})",
                 self.spans, self.requests, self.losses
             ));
         }
@@ -100,7 +100,12 @@ impl SoakReport {
         writeln!(out, "| server spans received | {} |", self.spans)?;
         let ratio = self.spans as f64 / self.requests.max(1) as f64;
         writeln!(out, "| spans / requests | {ratio:.4} |")?;
-        writeln!(out, "| losses counted | {:?} |", self.losses)?;
+        writeln!(
+            out,
+            "| requests lost (counted) | {} |",
+            self.losses.requests()
+        )?;
+        writeln!(out, "| losses counted | {} |", self.losses)?;
         writeln!(
             out,
             "| workers seen / alive at the end | {} / {} |",
@@ -139,14 +144,10 @@ impl SoakReport {
     }
 }
 
-/// Runs the soak. Call from a thread pinned to the tools core.
+/// Runs the soak. Call from a thread pinned to the tools core
+/// ([`measure::pin_to_tools_core`]).
 pub async fn run(options: &SoakOptions) -> Result<SoakReport> {
-    let loopback: SocketAddr = "127.0.0.1:0".parse()?;
-    let counting = SinkOptions {
-        keep_spans: false,
-        ..SinkOptions::default()
-    };
-    let sink = Sink::start_with(loopback, loopback, counting).await?;
+    let sink = measure::start_sink().await?;
     let mut app_options = AppOptions::new(
         Config::Ebpf,
         options.app_dir.clone(),
@@ -198,16 +199,9 @@ pub async fn run(options: &SoakOptions) -> Result<SoakReport> {
     }
 
     // Everything sent is answered; give the tracer time to export it all.
-    let accounted =
-        |sink: &Sink| sink.server_span_count(service) as f64 + losses(sink).values().sum::<f64>();
-    for _ in 0..60 {
-        if accounted(&sink) >= report.requests as f64 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    report.spans = sink.server_span_count(service);
-    report.losses = losses(&sink);
+    let accounted = measure::wait_until_accounted(&sink, service, report.requests).await?;
+    report.spans = accounted.spans;
+    report.losses = accounted.losses;
     report.workers_alive = app.worker_pids()?.len();
     report.workers_seen = workers.len();
     let maps = tracked_maps(tracer)?;
@@ -225,15 +219,6 @@ pub async fn run(options: &SoakOptions) -> Result<SoakReport> {
             .collect();
     }
     Ok(report)
-}
-
-/// The tracer's non-zero losses of requests, as last exported (records
-/// lost from the ring buffer are counted again as the requests they held).
-fn losses(sink: &Sink) -> BTreeMap<String, f64> {
-    sink.latest_by("tracer.dropped", "reason")
-        .into_iter()
-        .filter(|(reason, value)| *value > 0.0 && reason != "ring_buffer_full")
-        .collect()
 }
 
 fn rss_kib(pid: u32) -> Result<u64> {

@@ -15,6 +15,7 @@ use crate::{
     assembly::{Assembler, CompletedRequest},
     cli::Config,
     events::{self, Event},
+    exit::Exit,
     kernel::{
         loader::{self, KernelSide, LoadError},
         privileges,
@@ -68,14 +69,14 @@ pub enum DaemonError {
 }
 
 impl DaemonError {
-    /// Distinct exit codes, so scripts and systemd can tell failures apart.
-    pub fn exit_code(&self) -> u8 {
+    /// How the tracer exits with this error.
+    pub fn exit(&self) -> Exit {
         match self {
-            Self::NotPermitted(_) => 4,
-            Self::NoSuchPid(_) => 3,
-            Self::Load(_) => 6,
-            Self::Exporter(_) => 7,
-            Self::Io { .. } => 1,
+            Self::NotPermitted(_) => Exit::NotPermitted,
+            Self::NoSuchPid(_) => Exit::NoSuchPid,
+            Self::Load(_) => Exit::KernelUnsupported,
+            Self::Exporter(_) => Exit::ExporterSetup,
+            Self::Io { .. } => Exit::Failure,
         }
     }
 }

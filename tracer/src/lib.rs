@@ -3,6 +3,7 @@ pub mod assembly;
 pub mod cli;
 pub mod daemon;
 pub mod events;
+pub mod exit;
 pub mod http;
 pub mod kernel;
 pub mod proctree;

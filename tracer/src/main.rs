@@ -4,11 +4,27 @@ use clap::Parser;
 use tracer::{
     cli::{Args, Command},
     daemon,
+    exit::Exit,
 };
 
 fn main() -> ExitCode {
+    run().into()
+}
+
+fn run() -> Exit {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(err) => {
+            // `--help` and `--version` come this way too, to be printed on stdout.
+            let _ = err.print();
+            return if err.use_stderr() {
+                Exit::Usage
+            } else {
+                Exit::Ok
+            };
+        }
+    };
     if let Some(Command::Doctor) = args.command {
         return tracer::kernel::doctor::run();
     }
@@ -16,7 +32,7 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(err) => {
             eprintln!("tracer: {err}");
-            return ExitCode::from(2);
+            return Exit::Usage;
         }
     };
     // One thread: the daemon's work is sequential, and cross-thread wakeups
@@ -28,14 +44,14 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("tracer: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
+            return Exit::Failure;
         }
     };
     match runtime.block_on(daemon::run(config)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => Exit::Ok,
         Err(err) => {
             eprintln!("tracer: {err}");
-            ExitCode::from(err.exit_code())
+            err.exit()
         }
     }
 }

@@ -1,11 +1,142 @@
 //! Everything the tracer could not turn into telemetry, counted. Shared by
 //! the reader, the exporter and the periodic report; also exported as the
 //! metric `tracer.dropped` (by `reason`) so losses are visible upstream.
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::{
+    fmt,
+    str::FromStr,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+};
 
 use tracer_common::{KERNEL_COUNTERS, KernelCounter};
 
 use crate::assembly::AssemblyCounters;
+
+/// Why something did not become telemetry: the `reason` attribute of the
+/// exported `tracer.dropped` counter.
+///
+/// [`DropReason::counts_requests`] holds for the reasons where each count is
+/// one request the tracer saw and could not trace, and that request is
+/// counted under no other reason: spans + the sum of these = requests
+/// served. The other reasons count records, buffers, map inserts or
+/// responses; the requests those cost either show up again under a request
+/// reason (a lost record that started a request is `request_start_lost`;
+/// any other breaks the connection's record numbering, and what was pending
+/// on it is `request_record_lost`) or cannot be counted at all (a fork or
+/// connection the tables refused, a request start whose bytes could not be
+/// copied).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DropReason {
+    /// A record the ring buffer had no room for (any kind of record).
+    RingBufferFull,
+    /// A buffer whose bytes could not be copied; its record goes without
+    /// them. Buffers of either direction, not requests.
+    CaptureFailed,
+    /// A connection-map insert refused, counted at each attempt: one
+    /// connection can count many times.
+    ConnectionTableFull,
+    /// A fork that went untraced: a whole process, its requests unknown.
+    TaskTableFull,
+    /// A request whose first read's record was lost (ring buffer full).
+    RequestStartLost,
+    /// A request pending when a later record of its connection was lost.
+    RequestRecordLost,
+    /// A ring-buffer record the daemon could not decode.
+    BadRecord,
+    /// A request head that is not HTTP (or never ends).
+    UnparseableRequest,
+    /// A response head that is not HTTP, counted at each write: its request
+    /// stays unanswered and counts as `request_without_response`.
+    UnparseableResponse,
+    /// A response with no request waiting: its request was already counted
+    /// (lost record, unparseable head) or came before tracing started.
+    ResponseWithoutRequest,
+    /// A request whose connection ended before it was answered.
+    RequestWithoutResponse,
+    /// A completed request the export queue had no room for.
+    ExportQueueFull,
+    /// A request dropped by the exporter: the oldest beyond `--queue-size`
+    /// while the collector is away, or still held at shutdown.
+    ExportDropped,
+}
+
+impl DropReason {
+    /// Every reason, in the order they are exported and logged.
+    pub const ALL: [DropReason; 13] = [
+        Self::RingBufferFull,
+        Self::CaptureFailed,
+        Self::ConnectionTableFull,
+        Self::TaskTableFull,
+        Self::RequestStartLost,
+        Self::RequestRecordLost,
+        Self::BadRecord,
+        Self::UnparseableRequest,
+        Self::UnparseableResponse,
+        Self::ResponseWithoutRequest,
+        Self::RequestWithoutResponse,
+        Self::ExportQueueFull,
+        Self::ExportDropped,
+    ];
+
+    /// The exported `reason` attribute value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::RingBufferFull => "ring_buffer_full",
+            Self::CaptureFailed => "capture_failed",
+            Self::ConnectionTableFull => "connection_table_full",
+            Self::TaskTableFull => "task_table_full",
+            Self::RequestStartLost => "request_start_lost",
+            Self::RequestRecordLost => "request_record_lost",
+            Self::BadRecord => "bad_record",
+            Self::UnparseableRequest => "unparseable_request",
+            Self::UnparseableResponse => "unparseable_response",
+            Self::ResponseWithoutRequest => "response_without_request",
+            Self::RequestWithoutResponse => "request_without_response",
+            Self::ExportQueueFull => "export_queue_full",
+            Self::ExportDropped => "export_dropped",
+        }
+    }
+
+    /// Whether each count is one lost request, counted nowhere else (see
+    /// the type's documentation).
+    pub const fn counts_requests(self) -> bool {
+        match self {
+            Self::RequestStartLost
+            | Self::RequestRecordLost
+            | Self::UnparseableRequest
+            | Self::RequestWithoutResponse
+            | Self::ExportQueueFull
+            | Self::ExportDropped => true,
+            Self::RingBufferFull
+            | Self::CaptureFailed
+            | Self::ConnectionTableFull
+            | Self::TaskTableFull
+            | Self::BadRecord
+            | Self::UnparseableResponse
+            | Self::ResponseWithoutRequest => false,
+        }
+    }
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown drop reason {0:?}")]
+pub struct UnknownDropReason(pub String);
+
+impl FromStr for DropReason {
+    type Err = UnknownDropReason;
+
+    fn from_str(reason: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|known| known.as_str() == reason)
+            .ok_or_else(|| UnknownDropReason(reason.to_owned()))
+    }
+}
 
 #[derive(Default)]
 pub struct Stats {
@@ -44,44 +175,29 @@ impl Stats {
     }
 
     /// Every loss counter with its reason, as exported and logged.
-    pub fn dropped(&self) -> Vec<(&'static str, u64)> {
+    pub fn dropped(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
+        DropReason::ALL
+            .map(|reason| (reason, self.count(reason)))
+            .into_iter()
+    }
+
+    fn count(&self, reason: DropReason) -> u64 {
         let kernel = |counter: KernelCounter| self.kernel[counter as usize].load(Relaxed);
-        vec![
-            ("ring_buffer_full", kernel(KernelCounter::RingBufferFull)),
-            ("capture_failed", kernel(KernelCounter::CaptureFailed)),
-            (
-                "connection_table_full",
-                kernel(KernelCounter::ConnTableFull),
-            ),
-            ("task_table_full", kernel(KernelCounter::TaskTableFull)),
-            (
-                "request_start_lost",
-                kernel(KernelCounter::RequestStartLost),
-            ),
-            (
-                "request_record_lost",
-                self.requests_lost_to_gaps.load(Relaxed),
-            ),
-            ("bad_record", self.bad_records.load(Relaxed)),
-            (
-                "unparseable_request",
-                self.unparseable_requests.load(Relaxed),
-            ),
-            (
-                "unparseable_response",
-                self.unparseable_responses.load(Relaxed),
-            ),
-            (
-                "response_without_request",
-                self.responses_without_request.load(Relaxed),
-            ),
-            (
-                "request_without_response",
-                self.requests_without_response.load(Relaxed),
-            ),
-            ("export_queue_full", self.queue_full.load(Relaxed)),
-            ("export_dropped", self.export_dropped.load(Relaxed)),
-        ]
+        match reason {
+            DropReason::RingBufferFull => kernel(KernelCounter::RingBufferFull),
+            DropReason::CaptureFailed => kernel(KernelCounter::CaptureFailed),
+            DropReason::ConnectionTableFull => kernel(KernelCounter::ConnTableFull),
+            DropReason::TaskTableFull => kernel(KernelCounter::TaskTableFull),
+            DropReason::RequestStartLost => kernel(KernelCounter::RequestStartLost),
+            DropReason::RequestRecordLost => self.requests_lost_to_gaps.load(Relaxed),
+            DropReason::BadRecord => self.bad_records.load(Relaxed),
+            DropReason::UnparseableRequest => self.unparseable_requests.load(Relaxed),
+            DropReason::UnparseableResponse => self.unparseable_responses.load(Relaxed),
+            DropReason::ResponseWithoutRequest => self.responses_without_request.load(Relaxed),
+            DropReason::RequestWithoutResponse => self.requests_without_response.load(Relaxed),
+            DropReason::ExportQueueFull => self.queue_full.load(Relaxed),
+            DropReason::ExportDropped => self.export_dropped.load(Relaxed),
+        }
     }
 
     /// One line for the log: requests, exported spans, and non-zero losses.
@@ -97,5 +213,28 @@ impl Stats {
             }
         }
         line
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_read_back_from_their_names() {
+        for reason in DropReason::ALL {
+            assert_eq!(reason.as_str().parse::<DropReason>().ok(), Some(reason));
+        }
+        assert!("ring buffer full".parse::<DropReason>().is_err());
+    }
+
+    #[test]
+    fn dropped_reports_every_reason_once_in_order() {
+        let stats = Stats::default();
+        stats.queue_full.store(3, Relaxed);
+        let dropped: Vec<_> = stats.dropped().collect();
+        let reasons: Vec<_> = dropped.iter().map(|(reason, _)| *reason).collect();
+        assert_eq!(reasons, DropReason::ALL);
+        assert!(dropped.contains(&(DropReason::ExportQueueFull, 3)));
     }
 }

@@ -1,7 +1,5 @@
 //! `tracer doctor`: what this kernel and this process offer for tracing,
 //! and whether the tracer can run here. Exits non-zero when it cannot.
-use std::process::ExitCode;
-
 use aya::{maps::MapType, programs::ProgramType, sys::BpfHelper};
 
 use super::{
@@ -10,8 +8,9 @@ use super::{
     probes::{ProbeChoice, ProbeSet},
     tracefs,
 };
+use crate::exit::Exit;
 
-pub fn run() -> ExitCode {
+pub fn run() -> Exit {
     let mut ready = true;
     let mut check = |what: &str, result: Result<String, String>, required: bool| match &result {
         Ok(detail) => println!("  ok    {what}: {detail}"),
@@ -118,10 +117,10 @@ pub fn run() -> ExitCode {
             "tracing can run here; --probes auto picks {}",
             probe_set.name()
         );
-        ExitCode::SUCCESS
+        Exit::Ok
     } else {
         println!("tracing cannot run here: fix the FAIL lines above");
-        ExitCode::from(6)
+        Exit::KernelUnsupported
     }
 }
 

@@ -159,7 +159,7 @@ async fn run(
             .with_description("Events, requests or spans the tracer could not turn into telemetry")
             .with_callback(move |observer| {
                 for (reason, count) in dropped_stats.dropped() {
-                    observer.observe(count, &[KeyValue::new("reason", reason)]);
+                    observer.observe(count, &[KeyValue::new("reason", reason.as_str())]);
                 }
             })
             .build();
