@@ -3,7 +3,6 @@
 //! is accounted for, the tracer's CPU, and interleaved pairs of
 //! measurements with and without the tracer.
 use std::{
-    io,
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -17,7 +16,7 @@ use crate::{
     losses::Losses,
     report::median,
     sink::{Sink, SinkOptions},
-    tracer::TracerProcess,
+    tracer::{TracerError, TracerProcess},
 };
 
 /// The core the servers under test run on.
@@ -169,7 +168,7 @@ impl<T> Sides<T> {
 /// pair to pair, so drift favours neither.
 pub async fn interleaved<T, Tracer>(
     pairs: usize,
-    mut start_tracer: impl FnMut() -> io::Result<Tracer>,
+    mut start_tracer: impl FnMut() -> Result<Tracer, TracerError>,
     mut measure: impl AsyncFnMut() -> Result<T>,
 ) -> Result<Sides<T>> {
     let mut sides = Sides {

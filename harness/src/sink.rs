@@ -305,31 +305,6 @@ impl Sink {
         self.shared.lock().metrics.clone()
     }
 
-    /// The latest value of each data point of metric `name`, keyed by its
-    /// `attribute` (e.g. `tracer.dropped` by `reason`).
-    pub fn latest_by(&self, name: &str, attribute: &str) -> BTreeMap<String, f64> {
-        let mut latest: BTreeMap<String, (u64, f64)> = BTreeMap::new();
-        let store = self.shared.lock();
-        for metric in store.metrics.iter().filter(|m| m.name == name) {
-            for point in &metric.points {
-                let (Some(key), Some(value)) = (
-                    point.attributes.get(attribute).and_then(AttrValue::as_str),
-                    point.value,
-                ) else {
-                    continue;
-                };
-                let slot = latest.entry(key.to_owned()).or_default();
-                if point.time_unix_ns >= slot.0 {
-                    *slot = (point.time_unix_ns, value);
-                }
-            }
-        }
-        latest
-            .into_iter()
-            .map(|(key, (_, value))| (key, value))
-            .collect()
-    }
-
     /// Forgets every span and metric received so far.
     pub fn clear(&self) {
         *self.shared.lock() = Store::default();

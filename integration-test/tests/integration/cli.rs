@@ -21,25 +21,25 @@ fn run_tracer(args: &[&str]) -> (Option<i32>, String) {
 #[test]
 fn wrong_input_gives_a_clear_error_and_its_own_exit_code() {
     let (code, stderr) = run_tracer(&["--pid", "999999999", "--otlp-endpoint", "none"]);
-    assert_eq!(code, Some(3), "{stderr}");
+    assert_eq!(code, exit_code(Exit::NoSuchPid), "{stderr}");
     assert!(stderr.contains("no such process: 999999999"), "{stderr}");
 
     let (code, stderr) = run_tracer(&["--pid", "1", "--otlp-endpoint", "localhost:4317"]);
-    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(code, exit_code(Exit::Usage), "{stderr}");
     assert!(stderr.contains("invalid OTLP endpoint"), "{stderr}");
 
     let (code, stderr) = run_tracer(&["--pid", "1", "--otlp-protocol", "smtp"]);
-    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(code, exit_code(Exit::Usage), "{stderr}");
     for bad_size in [
         ["--queue-size", "-5"],
         ["--queue-size", "0"],
         ["--stats-interval", "0"],
     ] {
         let (code, stderr) = run_tracer(&[&["--pid", "1"][..], &bad_size[..]].concat());
-        assert_eq!(code, Some(2), "{bad_size:?}: {stderr}");
+        assert_eq!(code, exit_code(Exit::Usage), "{bad_size:?}: {stderr}");
     }
     let (code, stderr) = run_tracer(&["--pid", "1", "--probes", "uprobes"]);
-    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(code, exit_code(Exit::Usage), "{stderr}");
 
     // Without privileges: as `nobody`, with every capability dropped.
     let output = Command::new("setpriv")
@@ -55,7 +55,11 @@ fn wrong_input_gives_a_clear_error_and_its_own_exit_code() {
         .output()
         .expect("setpriv runs");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(4), "{stderr}");
+    assert_eq!(
+        output.status.code(),
+        exit_code(Exit::NotPermitted),
+        "{stderr}"
+    );
     assert!(stderr.contains("not permitted"), "{stderr}");
 }
 
@@ -100,7 +104,7 @@ fn doctor_and_the_tracer_agree_on_the_probe_set() {
             "--probes",
             refused,
         ]);
-        assert_eq!(code, Some(6), "{stderr}");
+        assert_eq!(code, exit_code(Exit::KernelUnsupported), "{stderr}");
         assert!(
             stderr.contains("no probe set works on this kernel") && stderr.contains(refused),
             "{stderr}"
@@ -138,7 +142,7 @@ async fn exports_over_http_protobuf() {
         "got {} spans",
         server_spans(&sink, "flask-http").len()
     );
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(status.code(), exit_code(Exit::Ok));
 }
 
 /// With no collector listening, the tracer warns, keeps tracing (JSON lines
@@ -183,7 +187,7 @@ async fn unreachable_collector_is_a_warning_and_tracing_goes_on() {
         .unwrap_or_else(|err| panic!("{err}"));
     let status = tracer.stop().expect("the tracer exits");
     let stderr = tracer.log().join("\n");
-    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(status.code(), exit_code(Exit::Ok), "{stderr}");
     assert!(
         stderr.contains("export_dropped=10"),
         "requests not exported not counted: {stderr}"
@@ -236,7 +240,11 @@ async fn runs_as_nobody_with_the_units_capabilities() {
         .output()
         .expect("setpriv runs");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(4), "{stderr}");
+    assert_eq!(
+        output.status.code(),
+        exit_code(Exit::NotPermitted),
+        "{stderr}"
+    );
     assert!(stderr.contains("CAP_PERFMON"), "{stderr}");
 }
 

@@ -65,9 +65,9 @@ async fn a_collector_down_for_a_minute_loses_only_what_the_queue_cannot_hold() {
     );
     // Stopping flushes every span and the final loss counts, so nothing
     // can arrive later to hide a surplus.
-    assert_eq!(tracer.stop().code(), Some(0));
+    assert_eq!(tracer.stop().code(), exit_code(Exit::Ok));
     let spans = sink.server_span_count(SERVICE);
-    let dropped_in_outage = dropped(&sink, "export_dropped");
+    let dropped_in_outage = dropped(&sink, DropReason::ExportDropped);
     eprintln!(
         "outage: {} requests during, {spans} spans after, {dropped_in_outage} dropped; \
          tracer RSS {rss_before} KiB before, {rss_during} KiB at the end of the outage \
@@ -116,7 +116,7 @@ async fn a_slow_collector_delays_spans_but_loses_none() {
     );
     let (rss_after, peak) = tracer.memory_kib();
     // Stopping flushes everything: what the sink holds now is final.
-    assert_eq!(tracer.stop().code(), Some(0));
+    assert_eq!(tracer.stop().code(), exit_code(Exit::Ok));
     eprintln!(
         "slow collector: {answered} requests, {} spans, losses {}; RSS {rss_before} -> \
          {rss_after} KiB (peak {peak}); app p99 {:.2} ms",

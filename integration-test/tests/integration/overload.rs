@@ -76,7 +76,7 @@ async fn pipelined_requests_each_get_a_span() {
             ("HEAD", "/index.html", 200)
         ]
     );
-    assert_eq!(tracer.stop().code(), Some(0));
+    assert_eq!(tracer.stop().code(), exit_code(Exit::Ok));
 }
 
 /// nginx driven at 20,000 requests/s over keep-alive connections: every
@@ -130,22 +130,19 @@ async fn a_fast_server_is_traced_or_its_losses_counted_exactly() {
     let (rss_end, rss_peak) = tracer.memory_kib();
     // Stopping flushes every span and the final loss counts, so a late
     // count cannot hide a surplus.
-    assert_eq!(tracer.stop().code(), Some(0));
+    assert_eq!(tracer.stop().code(), exit_code(Exit::Ok));
     let spans = sink.server_span_count(SERVICE);
-    let losses: Vec<(&str, f64)> = REQUEST_LOSSES
-        .iter()
-        .map(|reason| (*reason, dropped(&sink, reason)))
-        .collect();
+    let losses = losses(&sink).only_requests();
     eprintln!(
-        "{RATE} req/s offered, {:.0} achieved: {answered} answered, {spans} spans, losses {losses:?}, \
+        "{RATE} req/s offered, {:.0} achieved: {answered} answered, {spans} spans, losses {losses}, \
          ring_buffer_full {}, tracer RSS {rss_start} -> {rss_end} KiB (peak {rss_peak})",
         report.achieved_rate,
-        dropped(&sink, "ring_buffer_full")
+        dropped(&sink, DropReason::RingBufferFull)
     );
     assert_eq!(
         accounted(&sink),
         answered as f64,
-        "{answered} requests answered, {spans} spans, losses {losses:?}"
+        "{answered} requests answered, {spans} spans, losses {losses}"
     );
     assert!(
         rss_peak < 256 * 1024,

@@ -152,15 +152,19 @@ async fn bad_input_invents_nothing_and_is_counted() {
     );
     assert!(
         eventually(Duration::from_secs(15), || {
-            dropped(&sink, "response_without_request") >= 1.0
-                && dropped(&sink, "request_without_response") >= 2.0
+            dropped(&sink, DropReason::ResponseWithoutRequest) >= 1.0
+                && dropped(&sink, DropReason::RequestWithoutResponse) >= 2.0
         })
         .await,
         "loss counters did not move: response_without_request={} request_without_response={}",
-        dropped(&sink, "response_without_request"),
-        dropped(&sink, "request_without_response")
+        dropped(&sink, DropReason::ResponseWithoutRequest),
+        dropped(&sink, DropReason::RequestWithoutResponse)
     );
-    assert_eq!(tracer.stop().code(), Some(0), "the tracer survived");
+    assert_eq!(
+        tracer.stop().code(),
+        exit_code(Exit::Ok),
+        "the tracer survived"
+    );
     let paths: Vec<String> = server_spans(&sink, "flask-bad")
         .iter()
         .map(|s| {

@@ -72,7 +72,11 @@ async fn every_request_becomes_one_correct_span() {
         "expected 600 spans, got {}",
         server_spans(&sink, "flask-test").len()
     );
-    assert_eq!(tracer.stop().code(), Some(0), "SIGTERM flushes and exits 0");
+    assert_eq!(
+        tracer.stop().code(),
+        exit_code(Exit::Ok),
+        "SIGTERM flushes and exits 0"
+    );
     let spans = server_spans(&sink, "flask-test");
     assert_eq!(spans.len(), 600, "exactly one span per request");
 

@@ -12,10 +12,13 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+pub use tracer::{exit::Exit, stats::DropReason};
+
 use harness::{
     affinity::pin_current_thread,
     app::{App, AppOptions, Config, WorkerClass},
     loadgen::{self, LoadConfig, LoadReport},
+    losses::Losses,
     patience,
     sink::{ReceivedSpan, Sink},
     tracer::{Launch, TracerProcess},
@@ -187,35 +190,24 @@ pub fn attr_i64(span: &ReceivedSpan, key: &str) -> i64 {
         .unwrap_or_else(|| panic!("span {} has no int attribute {key}", span.name))
 }
 
-/// The latest value of the tracer's `tracer.dropped` counter for `reason`.
-pub fn dropped(sink: &Sink, reason: &str) -> f64 {
-    sink.metrics()
-        .iter()
-        .filter(|metric| metric.name == "tracer.dropped")
-        .flat_map(|metric| metric.points.iter())
-        .filter(|point| point.attributes.get("reason").and_then(|r| r.as_str()) == Some(reason))
-        .max_by_key(|point| point.time_unix_ns)
-        .and_then(|point| point.value)
-        .unwrap_or(0.0)
+/// The tracer's loss counters as the sink last received them.
+pub fn losses(sink: &Sink) -> Losses {
+    Losses::from_metrics(&sink.metrics()).unwrap_or_else(|err| panic!("{err}"))
 }
 
-/// The loss reasons that count requests (not records or spans): a request
-/// the tracer saw but could not trace shows up in exactly one of them.
-pub const REQUEST_LOSSES: [&str; 6] = [
-    "request_start_lost",
-    "request_record_lost",
-    "request_without_response",
-    "unparseable_request",
-    "export_queue_full",
-    "export_dropped",
-];
+/// The latest value of the tracer's `tracer.dropped` counter for `reason`.
+pub fn dropped(sink: &Sink, reason: DropReason) -> f64 {
+    losses(sink).get(reason)
+}
 
-/// Requests the tracer reported lost, by all of [`REQUEST_LOSSES`].
+/// Requests the tracer reported lost: the reasons that count requests.
 pub fn requests_lost(sink: &Sink) -> f64 {
-    REQUEST_LOSSES
-        .iter()
-        .map(|reason| dropped(sink, reason))
-        .sum()
+    losses(sink).requests()
+}
+
+/// The exit status a run of the tracer is expected to end with.
+pub fn exit_code(exit: Exit) -> Option<i32> {
+    Some(i32::from(exit.code()))
 }
 
 /// Polls `probe` until it holds or `ceiling` (stretched by the machine's
