@@ -33,13 +33,14 @@ const IDLE_RESPONSE: Duration = Duration::from_secs(2);
 /// How often the ring buffer is drained. The programs wake the daemon only
 /// when a lot is waiting, so at ordinary rates this timer does all the
 /// reading, in batches, instead of one wakeup per event. Each tick costs a
-/// wakeup: measured idle, 20 ms ticks cost 4 ms of CPU a second, 100 ms ticks
-/// 1 ms; spans leave at most this much later, their timestamps unchanged.
+/// wakeup even when idle, so the interval trades idle CPU for how late spans
+/// leave (at most this much, their timestamps unchanged); the measured
+/// trade is in docs/results/overload.md.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 /// Above this many requests a second, drain every [`BUSY_DRAIN_INTERVAL`]
-/// instead: the same work in small slices rather than a burst every 100 ms,
-/// which delays whatever shares the tracer's core (measured with the load
-/// generator there: nginx's p99 at 20,000 req/s went from 0.8 to 12 ms).
+/// instead: the same work in small slices rather than one burst per
+/// interval, which delays whatever shares the tracer's core
+/// (docs/results/overload.md).
 const BUSY_REQUESTS_PER_SECOND: f64 = 2_000.0;
 const BUSY_DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 /// Listening ports are re-read this often, and whenever the tree changes.
