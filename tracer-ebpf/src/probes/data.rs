@@ -122,7 +122,7 @@ fn next_seq(state: &mut ConnState) -> u32 {
 
 /// The connection's state, created on first use by a traced process.
 fn connection(sock: u64, tgid: u32, family: u16) -> Result<&'static mut ConnState, i32> {
-    if let Some(state) = CONNECTIONS.get_ptr_mut(&sock) {
+    if let Some(state) = CONNECTIONS.get_ptr_mut(sock) {
         // SAFETY: map values live until removed; a connection is used by one
         // task at a time, so no other program writes this entry concurrently.
         let state = unsafe { &mut *state };
@@ -132,11 +132,11 @@ fn connection(sock: u64, tgid: u32, family: u16) -> Result<&'static mut ConnStat
         return Ok(state);
     }
     let fresh = ConnState::new(0, tgid, ConnMeta::unknown(family));
-    if CONNECTIONS.insert(&sock, &fresh, 0).is_err() {
+    if CONNECTIONS.insert(sock, fresh, 0).is_err() {
         count(KernelCounter::ConnTableFull);
         return Err(0);
     }
-    match CONNECTIONS.get_ptr_mut(&sock) {
+    match CONNECTIONS.get_ptr_mut(sock) {
         // SAFETY: as above.
         Some(state) => Ok(unsafe { &mut *state }),
         None => Err(0),
