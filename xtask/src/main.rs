@@ -2,6 +2,7 @@
 //! makes sure the machine has what it needs (`setup`, idempotent).
 mod exec;
 mod fuzz;
+mod lint;
 mod setup;
 mod vm;
 
@@ -212,9 +213,10 @@ fn test(root: &std::path::Path) -> Result<()> {
 /// integration tests: the harness's test targets.
 const INTEGRATION_TESTS: [&str; 6] = ["test", "--release", "-p", "harness", "--test", "*"];
 
-/// Formatting and clippy (warnings are errors) over the host crates.
+/// Formatting, and clippy (warnings are errors) over the host crates and the eBPF crate.
 fn lint(root: &std::path::Path) -> Result<()> {
     exec::run(exec::cargo(root).args(["fmt", "--all", "--", "--check"]))?;
+    lint::ebpf_clippy(root)?;
     exec::run(exec::cargo(root).args([
         "clippy",
         "--workspace",
