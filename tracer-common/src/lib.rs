@@ -4,6 +4,8 @@
 //! byte layout is the same on both sides; discriminants never change.
 #![no_std]
 
+pub mod header_scan;
+
 /// Bytes of a read or write copied into an event. Only buffers that start
 /// an HTTP message, or continue its header block, are copied; bodies never.
 /// The request or status line and the first headers fit; a longer head

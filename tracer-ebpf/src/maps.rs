@@ -70,7 +70,7 @@ pub fn count(counter: KernelCounter) {
 
 pub fn is_traced(task: u32) -> bool {
     // SAFETY: only presence is checked, the value is not read.
-    unsafe { TRACED_TASKS.get(&task).is_some() }
+    unsafe { TRACED_TASKS.get(task).is_some() }
 }
 
 /// The current process id (tgid) and task id.

@@ -2,6 +2,7 @@
 //! makes sure the machine has what it needs (`setup`, idempotent).
 mod exec;
 mod fuzz;
+mod lint;
 mod setup;
 mod vm;
 
@@ -281,9 +282,10 @@ impl Stages {
 /// integration tests: the one test binary of `integration-test`.
 const INTEGRATION_TESTS: [&str; 4] = ["test", "--release", "-p", "integration-test"];
 
-/// Formatting and clippy (warnings are errors) over the host crates.
+/// Formatting, and clippy (warnings are errors) over the host crates and the eBPF crate.
 fn lint(root: &std::path::Path) -> Result<()> {
     exec::run(exec::cargo(root).args(["fmt", "--all", "--", "--check"]))?;
+    lint::ebpf_clippy(root)?;
     exec::run(exec::cargo(root).args([
         "clippy",
         "--workspace",

@@ -28,9 +28,12 @@ pub fn on_state_change(ctx: &RawTracePointContext) {
 }
 
 /// Reads a field of the socket at a BTF-given offset.
+// Inlined into each read: when LLVM chose, the data programs cost the 6.18
+// verifier 63,900 instructions instead of 44,700.
+#[inline(always)]
 pub fn field<T>(sock: u64, offset: u32) -> Result<T, i32> {
     // SAFETY: `sock` is the kernel's live socket; the helper checks the read.
-    unsafe { bpf_probe_read_kernel((sock + offset as u64) as *const T).map_err(|e| e as i32) }
+    unsafe { bpf_probe_read_kernel((sock + offset as u64) as *const T) }
 }
 
 fn try_on_state_change(ctx: &RawTracePointContext) -> Result<(), i32> {
@@ -43,7 +46,7 @@ fn try_on_state_change(ctx: &RawTracePointContext) -> Result<(), i32> {
         let at = config().sock;
         let local_port: u16 = field(sock, at.local_port)?;
         // SAFETY: presence check only.
-        if unsafe { LISTEN_PORTS.get(&local_port) }.is_none() {
+        if unsafe { LISTEN_PORTS.get(local_port) }.is_none() {
             return Ok(());
         }
         let protocol: u16 = field(sock, at.protocol)?;
@@ -68,7 +71,7 @@ fn try_on_state_change(ctx: &RawTracePointContext) -> Result<(), i32> {
         };
         // SAFETY: helper without preconditions.
         let state = ConnState::new(unsafe { bpf_ktime_get_ns() }, 0, meta);
-        if CONNECTIONS.insert(&sock, &state, 0).is_err() {
+        if CONNECTIONS.insert(sock, state, 0).is_err() {
             count(KernelCounter::ConnTableFull);
         }
         return Ok(());
@@ -81,10 +84,10 @@ fn try_on_state_change(ctx: &RawTracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     // SAFETY: the entry is copied out before it is removed.
-    let Some(state) = (unsafe { CONNECTIONS.get(&sock) }).copied() else {
+    let Some(state) = (unsafe { CONNECTIONS.get(sock) }).copied() else {
         return Ok(());
     };
-    let _ = CONNECTIONS.remove(&sock);
+    let _ = CONNECTIONS.remove(sock);
     if state.is_http != 0 {
         emit_conn_event(EventKind::ConnClose, state.owner_tgid, sock, &state);
     }

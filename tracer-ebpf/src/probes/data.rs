@@ -21,7 +21,9 @@ use aya_ebpf::{
 use tracer_common::{
     AF_INET, AF_INET6, CAPTURE_LEN, ConnMeta, ConnState, DIRECTION_RECV, DataEvent, EventHeader,
     EventKind, IOVEC_BASE, IPPROTO_TCP, KernelCounter, MSG_PEEK, MSGHDR_IOV, PHASE_BODY,
-    PHASE_HEADERS, PREFIX_LEN, SyscallAbi, prefix_may_start_http_message,
+    PHASE_HEADERS, PREFIX_LEN, SyscallAbi,
+    header_scan::{self, HeaderScan, SCAN_STEPS, WORDS},
+    prefix_may_start_http_message,
 };
 
 use crate::{
@@ -120,7 +122,7 @@ fn next_seq(state: &mut ConnState) -> u32 {
 
 /// The connection's state, created on first use by a traced process.
 fn connection(sock: u64, tgid: u32, family: u16) -> Result<&'static mut ConnState, i32> {
-    if let Some(state) = CONNECTIONS.get_ptr_mut(&sock) {
+    if let Some(state) = CONNECTIONS.get_ptr_mut(sock) {
         // SAFETY: map values live until removed; a connection is used by one
         // task at a time, so no other program writes this entry concurrently.
         let state = unsafe { &mut *state };
@@ -130,11 +132,11 @@ fn connection(sock: u64, tgid: u32, family: u16) -> Result<&'static mut ConnStat
         return Ok(state);
     }
     let fresh = ConnState::new(0, tgid, ConnMeta::unknown(family));
-    if CONNECTIONS.insert(&sock, &fresh, 0).is_err() {
+    if CONNECTIONS.insert(sock, fresh, 0).is_err() {
         count(KernelCounter::ConnTableFull);
         return Err(0);
     }
-    match CONNECTIONS.get_ptr_mut(&sock) {
+    match CONNECTIONS.get_ptr_mut(sock) {
         // SAFETY: as above.
         Some(state) => Ok(unsafe { &mut *state }),
         None => Err(0),
@@ -254,36 +256,7 @@ fn emit_data(
     Some(phase)
 }
 
-const WORDS: usize = CAPTURE_LEN / 8;
-const ONES: u64 = 0x0101_0101_0101_0101;
-const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
-const HIGH: u64 = 0x8080_8080_8080_8080;
-
-/// The top bit of each byte of `word` that equals `byte` (exact, no carries).
-#[inline(always)]
-fn bytes_equal(word: u64, byte: u8) -> u64 {
-    let x = word ^ (ONES * byte as u64);
-    !(((x & LOW7) + LOW7) | x | LOW7)
-}
-
-/// Bytes of word `index` that lie below `limit`, as a byte mask.
-#[inline(always)]
-fn bytes_below(index: usize, limit: usize) -> u64 {
-    let start = index * 8;
-    if limit >= start + 8 {
-        u64::MAX
-    } else if limit <= start {
-        0
-    } else {
-        (1u64 << (8 * (limit - start))) - 1
-    }
-}
-
-/// Finds where the header part of the first `len` bytes ends and zeroes
-/// what follows: that is body. Header blocks end at `\r\n\r\n`; one that is
-/// followed by the start of another message (pipelined requests) does not
-/// end the header part. Returns `None` when the last header block is still
-/// open, so the next bytes continue it.
+/// [`header_scan::keep_header_block`] over the record's payload.
 ///
 /// The scan goes a word at a time in a `bpf_loop` callback: the verifier
 /// checks the callback once, not once per word. As an unrolled loop, the
@@ -293,125 +266,30 @@ fn keep_header_block(payload: &mut [u8; CAPTURE_LEN], len: usize) -> Option<usiz
     // SAFETY: `payload` is 8-byte aligned inside the record (a const
     // assertion in tracer-common checks the offset) and WORDS * 8 long.
     let words = unsafe { &mut *(payload.as_mut_ptr() as *mut [u64; WORDS]) };
-    let mut scan = HeaderScan {
-        words,
-        len,
-        prev_cr: 0,
-        prev_lf: 0,
-        cut: 0,
-        ends_at_len: false,
-    };
-    // SAFETY: the callback has the signature the helper calls, and `scan`
-    // outlives the call.
-    unsafe {
-        bpf_loop(
-            (WORDS + 1) as u32,
-            scan_word as *mut c_void,
-            (&mut scan as *mut HeaderScan).cast(),
-            0,
-        )
-    };
-    let cut = match (scan.cut, scan.ends_at_len) {
-        (0, false) => return None,
-        (0, true) => len,
-        (cut, _) => cut,
-    };
-    let mut w = 0;
-    while w < WORDS && w * 8 < len {
-        words[w] &= bytes_below(w, cut);
-        w += 1;
-    }
-    Some(cut)
-}
-
-/// The header scan's state between words.
-struct HeaderScan<'a> {
-    words: &'a [u64; WORDS],
-    len: usize,
-    /// CR and LF bytes of the previous word (top bit of each byte).
-    prev_cr: u64,
-    prev_lf: u64,
-    /// Where the header part ends, once found (0: not yet).
-    cut: usize,
-    /// A header block ends exactly at `len`.
-    ends_at_len: bool,
+    header_scan::keep_header_block(words, len, |scan| {
+        // SAFETY: the callback has the signature the helper calls, and
+        // `scan` outlives the call.
+        unsafe {
+            bpf_loop(
+                SCAN_STEPS,
+                scan_word as *mut c_void,
+                (scan as *mut HeaderScan).cast(),
+                0,
+            )
+        };
+    })
 }
 
 const LOOP_CONTINUE: i64 = 0;
 const LOOP_STOP: i64 = 1;
 
-/// One step of [`keep_header_block`]: looks for `\r\n\r\n` starting in
-/// word `w - 1`, with the CR/LF masks of word `w` to see across the border.
-/// Only `cut` and a flag are carried from a match (not its position).
+/// The `bpf_loop` callback: step `w` of the scan.
 extern "C" fn scan_word(w: u64, context: *mut c_void) -> i64 {
     // SAFETY: `keep_header_block` passes its `HeaderScan` as the context.
     let scan = unsafe { &mut *context.cast::<HeaderScan>() };
-    let (w, len) = (w as usize, scan.len);
-    let (cr, lf) = if w < WORDS && w * 8 < len {
-        let word = word_at(scan.words, w * 8);
-        let valid = bytes_below(w, len) & HIGH;
-        (
-            bytes_equal(word, b'\r') & valid,
-            bytes_equal(word, b'\n') & valid,
-        )
+    if scan.step(w as usize) {
+        LOOP_CONTINUE
     } else {
-        (0, 0)
-    };
-    if w > 0 {
-        // Pattern starts in word w-1: CR at p, LF at p+1, CR at p+2, LF at p+3.
-        // A message start has no CR or LF in its first bytes, so after an
-        // accepted end the next one is at least a word further: the lowest
-        // match of a word is the only one to look at.
-        let (prev_cr, prev_lf) = (scan.prev_cr, scan.prev_lf);
-        let starts = prev_cr
-            & ((prev_lf >> 8) | (lf << 56))
-            & ((prev_cr >> 16) | (cr << 48))
-            & ((prev_lf >> 24) | (lf << 40));
-        if starts != 0 {
-            let end = (w - 1) * 8 + (starts.trailing_zeros() as usize) / 8 + 4;
-            if end >= len {
-                scan.ends_at_len = true;
-            } else if !message_starts_at(scan.words, end, len) {
-                scan.cut = end;
-                return LOOP_STOP;
-            }
-        }
+        LOOP_STOP
     }
-    if w * 8 >= len {
-        return LOOP_STOP;
-    }
-    scan.prev_cr = cr;
-    scan.prev_lf = lf;
-    LOOP_CONTINUE
-}
-
-/// Whether the bytes at `at` (below `len`) may start an HTTP message.
-#[inline(always)]
-fn message_starts_at(words: &[u64; WORDS], at: usize, len: usize) -> bool {
-    let available = if len - at < PREFIX_LEN {
-        len - at
-    } else {
-        PREFIX_LEN
-    };
-    prefix_may_start_http_message(word_at(words, at), available)
-}
-
-/// The eight bytes from `at`, as a little-endian word. Indexes are masked
-/// rather than compared so the verifier sees them bounded; a wrapped last
-/// word only supplies bytes past the capture, which callers ignore.
-#[inline(always)]
-fn word_at(words: &[u64; WORDS], at: usize) -> u64 {
-    // The mask goes through `black_box`: as a plain constant, the compiler
-    // proves it redundant (it knows `at` < the capture) and drops it, and
-    // older verifiers, which do not know that, refuse the access.
-    let mask = core::hint::black_box(WORDS - 1);
-    let (index, shift) = (at / 8, (at % 8) * 8);
-    let word = |i: usize| words.get(i & mask).copied().unwrap_or(0);
-    let low = word(index) >> shift;
-    let high = if shift != 0 {
-        word(index + 1) << (64 - shift)
-    } else {
-        0
-    };
-    low | high
 }

@@ -21,7 +21,7 @@ pub fn on_fork(ctx: &RawTracePointContext) {
         return;
     };
     let child = child as u32;
-    if TRACED_TASKS.insert(&child, &1, 0).is_err() {
+    if TRACED_TASKS.insert(child, 1, 0).is_err() {
         count(KernelCounter::TaskTableFull);
         return;
     }
@@ -33,7 +33,7 @@ pub fn on_exit() {
     if !is_traced(tid) {
         return;
     }
-    let _ = TRACED_TASKS.remove(&tid);
+    let _ = TRACED_TASKS.remove(tid);
     emit_task(EventKind::TaskExit, tgid, tid);
 }
 

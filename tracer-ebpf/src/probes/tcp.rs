@@ -82,17 +82,17 @@ pub fn on_call_entry(ctx: &ProbeContext, direction: u8) {
         0
     };
     let call = PendingCall { sock, flags };
-    let _ = PENDING_CALLS.insert(&bpf_get_current_pid_tgid(), &call, 0);
+    let _ = PENDING_CALLS.insert(bpf_get_current_pid_tgid(), call, 0);
 }
 
 /// kretprobe on either function: the bytes moved, for the call remembered.
 pub fn on_call_return(ctx: &RetProbeContext, direction: u8) {
     let task = bpf_get_current_pid_tgid();
     // SAFETY: the value is copied out before the entry is removed.
-    let Some(call) = (unsafe { PENDING_CALLS.get(&task) }).copied() else {
+    let Some(call) = (unsafe { PENDING_CALLS.get(task) }).copied() else {
         return;
     };
-    let _ = PENDING_CALLS.remove(&task);
+    let _ = PENDING_CALLS.remove(task);
     let moved: i64 = ctx.ret();
     on_socket_io(call.sock, moved as i32, call.flags, direction);
 }
