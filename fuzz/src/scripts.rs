@@ -515,14 +515,14 @@ pub fn run_script(script: &Script) -> usize {
             Step::Sweep {
                 idle_before_ns,
                 forget_before_ns,
-            } => assembler.sweep(idle_before_ns, forget_before_ns, &mut done),
+            } => {
+                witness.observe_sweep(idle_before_ns, forget_before_ns);
+                assembler.sweep(idle_before_ns, forget_before_ns, &mut done);
+            }
         }
         witness.spans(&mut done, true);
     }
-    assembler.drain(&mut done);
-    witness.spans(&mut done, true);
-    assert_eq!(assembler.open_connections(), 0);
-    witness.finish();
+    witness.finish(&mut assembler, true);
     witness.spans.len()
 }
 
