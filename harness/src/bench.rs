@@ -330,7 +330,7 @@ fn sample(app: &App) -> Result<Sample, CpuError> {
     Ok(Sample {
         at: Instant::now(),
         app_ns: cpu::tree_cpu_ns(app.master_pid())?,
-        tracer_ns: app.tracer_pid().map(cpu::tree_cpu_ns).transpose()?,
+        tracer_ns: app.tracer_pid().map(cpu::process_cpu_ns).transpose()?,
         bpf: app.tracer_pid().map(cpu::bpf_prog_stats).transpose()?,
     })
 }

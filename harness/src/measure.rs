@@ -91,12 +91,12 @@ pub async fn wait_until_accounted(sink: &Sink, service: &str, answered: u64) -> 
     }
 }
 
-/// The tracer's CPU from a starting point: its process (user + system) and
-/// its BPF programs, which run in whatever task triggers them (counted only
-/// while a [`cpu::BpfStatsGuard`] is held).
+/// The tracer's CPU from a starting point: its process (its threads' run
+/// time, in ns) and its BPF programs, which run in whatever task triggers
+/// them (counted only while a [`cpu::BpfStatsGuard`] is held).
 pub struct TracerCpu {
     pid: u32,
-    ticks: u64,
+    cpu_ns: u64,
     bpf: BpfProgStats,
 }
 
@@ -119,7 +119,7 @@ impl TracerCpu {
         let pid = tracer.pid();
         Ok(Self {
             pid,
-            ticks: cpu::read_stat(pid)?.cpu_ticks,
+            cpu_ns: cpu::process_cpu_ns(pid)?,
             bpf: cpu::bpf_prog_stats(pid)?,
         })
     }
@@ -128,15 +128,10 @@ impl TracerCpu {
     /// duration: that is what the work was for).
     pub fn since_start(&self, wall: Duration) -> Result<TracerCpuUsage> {
         let wall_ns = u64::try_from(wall.as_nanos()).unwrap_or(u64::MAX);
-        let ticks = cpu::read_stat(self.pid)?
-            .cpu_ticks
-            .saturating_sub(self.ticks);
+        let cpu_ns = cpu::process_cpu_ns(self.pid)?.saturating_sub(self.cpu_ns);
         let bpf = cpu::bpf_prog_stats(self.pid)?.since(&self.bpf);
         Ok(TracerCpuUsage {
-            process: CpuUsage {
-                cpu_ns: cpu::ticks_to_ns(ticks),
-                wall_ns,
-            },
+            process: CpuUsage { cpu_ns, wall_ns },
             bpf: CpuUsage {
                 cpu_ns: bpf.run_time_ns,
                 wall_ns,
