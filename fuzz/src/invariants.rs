@@ -46,8 +46,8 @@ pub struct Witness {
 struct Conn {
     /// The assembler holds a connection for the socket.
     open: bool,
-    /// As the assembler keeps them: 0 at a `ConnOpen` (which carries no
-    /// time), else the last data record's time.
+    /// As the assembler keeps them: the `ConnOpen`'s time, then the last
+    /// data record's.
     last_activity_ns: u64,
     /// The data record number expected next (0 for a new connection).
     next_seq: u32,
@@ -95,12 +95,14 @@ impl Witness {
     /// Call before the assembler handles `event`.
     pub fn observe(&mut self, event: &Event<'_>) {
         match event {
-            Event::ConnOpen { sock, .. } => {
+            Event::ConnOpen {
+                sock, timestamp_ns, ..
+            } => {
                 // Ends the socket's connection, if any (its spans come now),
                 // and starts a new one.
                 let conn = self.conns.entry(*sock).or_default();
                 conn.open = true;
-                conn.last_activity_ns = 0;
+                conn.last_activity_ns = *timestamp_ns;
                 conn.next_seq = 0;
                 self.ending.push(*sock);
                 self.source = Source::Socket(*sock);

@@ -102,17 +102,20 @@ impl Assembler {
             Event::ConnOpen {
                 tgid,
                 sock,
+                timestamp_ns,
                 established_ns,
                 meta,
             } => {
                 if let Some(old) = self.connections.remove(sock) {
                     self.finish_connection(old, done);
                 }
+                // Active from its open: a sweep before its first read must
+                // not forget it (and its addresses and handshake time).
                 let connection = Connection::new(
                     *tgid,
                     *established_ns,
                     Some(*meta).filter(|m| m.family != 0),
-                    0,
+                    *timestamp_ns,
                 );
                 self.connections.insert(*sock, connection);
             }
@@ -402,6 +405,7 @@ mod tests {
         let event = Event::ConnOpen {
             tgid: 9,
             sock: SOCK,
+            timestamp_ns: established_ns.unwrap_or(0),
             established_ns,
             meta,
         };
@@ -639,6 +643,23 @@ mod tests {
         assert_eq!(assembler.open_connections(), 1);
         assembler.sweep(10, 10, &mut done);
         assert_eq!(assembler.open_connections(), 0);
+    }
+
+    /// A connection accepted but not yet read (a slow client) is as fresh
+    /// as its open: a sweep in between keeps it, with its addresses and
+    /// handshake time.
+    #[test]
+    fn a_sweep_between_open_and_first_read_keeps_the_connection() {
+        let mut assembler = Feed::new(false);
+        open(&mut assembler, Some(1_000));
+        let mut done = Vec::new();
+        assembler.sweep(1_000, 500, &mut done);
+        assert_eq!(assembler.open_connections(), 1);
+        request(&mut assembler, 2_000, b"GET / HTTP/1.1\r\n\r\n");
+        let done = response_head(&mut assembler, 3_000, b"HTTP/1.1 204 No Content\r\n\r\n");
+        assert_eq!(done.len(), 1, "a 204 is complete at its head");
+        assert!(done[0].meta.is_some(), "the addresses survived the sweep");
+        assert_eq!(done[0].start_ns, 1_000, "the span starts at the handshake");
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub enum Event<'a> {
     ConnOpen {
         tgid: u32,
         sock: u64,
+        /// When the kernel saw the connection handed to the app.
+        timestamp_ns: u64,
         established_ns: Option<u64>,
         meta: ConnMeta,
     },
@@ -101,6 +103,7 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
                 Event::ConnOpen {
                     tgid: header.tgid,
                     sock: event.sock,
+                    timestamp_ns: header.timestamp_ns,
                     established_ns: (event.established_ns != 0).then_some(event.established_ns),
                     meta: event.meta,
                 }
