@@ -47,6 +47,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::setup;
 use guest::{boot, print_table};
 use kernel::Kernel;
+pub use plan::TestRun;
 use plan::{Payload, TestPlan};
 
 /// What the host needs for the matrix (installed only when missing).
@@ -68,12 +69,8 @@ pub struct Options {
     /// Guest memory, qemu syntax.
     pub memory: String,
     pub accel: Accel,
-    /// Test target names select test binaries; everything else goes to each
-    /// test binary (filters, `--nocapture`, …).
-    pub args: Vec<String>,
-    /// Run the tests once per probe set named here (`TRACER_PROBES`);
-    /// empty: once, with the tracer's own choice.
-    pub probes: Vec<String>,
+    /// The passes of the test binaries, in order, in one boot.
+    pub runs: Vec<TestRun>,
     /// When a series' pinned kernel is gone from the apt archive (or the
     /// series has no pin), run the newest installable one instead of
     /// failing, and say so loudly.
@@ -96,7 +93,7 @@ pub fn vm_test(root: &Path, options: Options) -> Result<()> {
 
     let payload = match &options.shell {
         Some(shell) => Payload::Shell(shell.clone()),
-        None => Payload::Tests(TestPlan::build(root, &options.args, &options.probes)?),
+        None => Payload::Tests(TestPlan::build(root, &options.runs)?),
     };
     let script = payload.script(root, accel.patience());
     let machine = format!(

@@ -17,17 +17,49 @@ pub(super) enum Payload {
     Tests(TestPlan),
 }
 
-/// Host-built test binaries and how `cargo xtask test` runs them.
+/// One pass of the test binaries in the guest: with `TRACER_PROBES` set to
+/// `probes` ("" leaves the choice to the tracer), and `args`, of which test
+/// target names select binaries and the rest go to each (libtest filters
+/// such as `spans::`, `--skip`, …).
+#[derive(Clone, Debug)]
+pub struct TestRun {
+    pub probes: String,
+    pub args: Vec<String>,
+}
+
+impl TestRun {
+    /// The same arguments once per probe set (once, with the tracer's own
+    /// choice, when none is named).
+    pub fn per_probe_set(probes: &[String], args: &[String]) -> Vec<TestRun> {
+        let sets = if probes.is_empty() {
+            vec![String::new()]
+        } else {
+            probes.to_vec()
+        };
+        sets.into_iter()
+            .map(|probes| TestRun {
+                probes,
+                args: args.to_vec(),
+            })
+            .collect()
+    }
+}
+
+/// Host-built test binaries and the passes `cargo xtask test` runs of them.
 pub(super) struct TestPlan {
     tracer: PathBuf,
+    passes: Vec<Pass>,
+}
+
+/// A [`TestRun`] resolved: the binaries it selects and what goes to each.
+struct Pass {
+    probes: String,
     binaries: Vec<(String, PathBuf)>,
     args: Vec<String>,
-    /// `TRACER_PROBES` values to run every binary with ("" = unset).
-    probe_sets: Vec<String>,
 }
 
 impl TestPlan {
-    pub(super) fn build(root: &Path, args: &[String], probes: &[String]) -> Result<TestPlan> {
+    pub(super) fn build(root: &Path, runs: &[TestRun]) -> Result<TestPlan> {
         let tracer = crate::build(root)?;
         let out = exec::cargo(root)
             .args(crate::INTEGRATION_TESTS)
@@ -58,24 +90,28 @@ impl TestPlan {
         if binaries.is_empty() {
             bail!("cargo test --no-run reported no integration test binaries");
         }
-        // Test target names select binaries; the rest goes to each binary.
         let names: HashSet<String> = binaries.iter().map(|(name, _)| name.clone()).collect();
-        let (selected, rest): (Vec<String>, Vec<String>) =
-            args.iter().cloned().partition(|arg| names.contains(arg));
-        if !selected.is_empty() {
-            binaries.retain(|(name, _)| selected.contains(name));
-        }
-        let probe_sets = if probes.is_empty() {
-            vec![String::new()]
-        } else {
-            probes.to_vec()
-        };
-        Ok(TestPlan {
-            tracer,
-            binaries,
-            args: rest,
-            probe_sets,
-        })
+        let passes = runs
+            .iter()
+            .map(|run| {
+                let (selected, args): (Vec<String>, Vec<String>) = run
+                    .args
+                    .iter()
+                    .cloned()
+                    .partition(|arg| names.contains(arg));
+                let binaries = binaries
+                    .iter()
+                    .filter(|(name, _)| selected.is_empty() || selected.contains(name))
+                    .cloned()
+                    .collect();
+                Pass {
+                    probes: run.probes.clone(),
+                    binaries,
+                    args,
+                }
+            })
+            .collect();
+        Ok(TestPlan { tracer, passes })
     }
 }
 
@@ -125,10 +161,11 @@ impl Payload {
                     quote(&harness.join("app").to_string_lossy())
                 );
                 script.push_str("export RUST_BACKTRACE=1\nfailed=0\n");
-                let args: Vec<String> = plan.args.iter().map(|arg| quote(arg)).collect();
-                for probes in &plan.probe_sets {
+                for pass in &plan.passes {
+                    let probes = &pass.probes;
+                    let args: Vec<String> = pass.args.iter().map(|arg| quote(arg)).collect();
                     let _ = writeln!(script, "export TRACER_PROBES={}", quote(probes));
-                    for (name, path) in &plan.binaries {
+                    for (name, path) in &pass.binaries {
                         let name = if probes.is_empty() {
                             name.clone()
                         } else {
