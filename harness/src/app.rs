@@ -252,11 +252,10 @@ impl App {
                 &[],
             )
             .log_file(options.log_dir.join("tracer.log"));
-            // The launch blocks until the tracer is ready (or is not).
-            let started = tokio::task::spawn_blocking(move || launch.start())
-                .await
-                .map_err(|err| io_err("wait for the tracer to start")(io::Error::other(err)))?;
-            app.tracer = Some(started?);
+            // Started on this thread, not a pool thread: the tracer dies
+            // with the thread that started it (PR_SET_PDEATHSIG), and pool
+            // threads end when idle. Blocks until it is ready.
+            app.tracer = Some(launch.start()?);
         }
         Ok(app)
     }

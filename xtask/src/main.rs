@@ -105,9 +105,9 @@ fn run(command: Command) -> Result<()> {
             setup::test_tools()?;
             setup::venv(&root)?;
         }
-        Command::Setup | Command::Test | Command::Soak { .. } | Command::Bench { .. } => {
-            setup::all(&root)?
-        }
+        // `test` times its setup as a stage of its own.
+        Command::Test => {}
+        Command::Setup | Command::Soak { .. } | Command::Bench { .. } => setup::all(&root)?,
     }
     match command {
         Command::Setup => Ok(()),
@@ -152,7 +152,9 @@ fn run(command: Command) -> Result<()> {
     }
 }
 
-/// Runs a subcommand of the harness binary with the tracer at `tracer`.
+/// Runs a subcommand of the harness binary that [`build`] built, with the
+/// tracer at `tracer` (the binary itself: `cargo run` could resolve other
+/// features and rebuild the kernel programs).
 fn harness(
     root: &std::path::Path,
     subcommand: &str,
@@ -160,16 +162,8 @@ fn harness(
     args: &[String],
 ) -> Result<()> {
     exec::run(
-        exec::cargo(root)
-            .args([
-                "run",
-                "--release",
-                "-p",
-                "harness",
-                "--bin",
-                "harness",
-                "--",
-            ])
+        exec::command(root.join("target/release/harness"))
+            .current_dir(root)
             .arg(subcommand)
             .arg("--tracer")
             .arg(tracer)
@@ -194,6 +188,7 @@ fn test(root: &std::path::Path) -> Result<()> {
 }
 
 fn test_stages(root: &std::path::Path, stages: &mut Stages) -> Result<()> {
+    stages.run("setup", || setup::all(root))?;
     stages.run("lint", || lint(root))?;
     let tracer = stages.run("build", || build(root))?;
     let harness_bin = root.join("target/release/harness");
