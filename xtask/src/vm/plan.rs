@@ -151,15 +151,6 @@ impl Payload {
                     "export HARNESS_VENV={}",
                     quote(&root.join(".venv").to_string_lossy())
                 );
-                // The guest's page cache starts cold and 9p under TCG is slow:
-                // read the venv and the app once, so the first test's start-up
-                // deadline is not spent there.
-                let _ = writeln!(
-                    script,
-                    "find {} {} -type f -exec cat {{}} + > /dev/null 2>&1",
-                    quote(&root.join(".venv").to_string_lossy()),
-                    quote(&harness.join("app").to_string_lossy())
-                );
                 script.push_str("export RUST_BACKTRACE=1\nfailed=0\n");
                 for pass in &plan.passes {
                     let probes = &pass.probes;
