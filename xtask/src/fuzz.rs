@@ -18,7 +18,7 @@ use crate::exec::{self, output};
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 pub const TARGETS: [&str; 3] = ["records", "assembly", "http"];
 /// Per target in `cargo xtask test`: CI, and elsewhere.
-const TEST_SECONDS_CI: u64 = 30;
+const TEST_SECONDS_CI: u64 = 20;
 const TEST_SECONDS_LOCAL: u64 = 10;
 /// Memory limits (RSS includes AddressSanitizer's shadow and quarantine),
 /// and the longest one input may take.

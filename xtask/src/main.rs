@@ -297,8 +297,11 @@ const INTEGRATION_TESTS: [&str; 4] = ["test", "--release", "-p", "integration-te
 fn lint(root: &std::path::Path) -> Result<()> {
     exec::run(exec::cargo(root).args(["fmt", "--all", "--", "--check"]))?;
     lint::ebpf_clippy(root)?;
+    // In the release profile, so build scripts and proc macros are those the
+    // build compiles next, not a second set.
     exec::run(exec::cargo(root).args([
         "clippy",
+        "--release",
         "--workspace",
         "--exclude",
         "tracer-ebpf",
