@@ -81,7 +81,7 @@ impl Accounted {
 /// counted loss, or [`ACCOUNTING_CEILING`] passes; returns what was
 /// accounted for by then (which the caller judges).
 pub async fn wait_until_accounted(sink: &Sink, service: &str, answered: u64) -> Result<Accounted> {
-    let deadline = Instant::now() + ACCOUNTING_CEILING;
+    let deadline = Instant::now() + crate::patience::ceiling(ACCOUNTING_CEILING);
     loop {
         let accounted = Accounted::read(sink, service)?;
         if accounted.requests() >= answered as f64 || Instant::now() >= deadline {
