@@ -1,18 +1,15 @@
 //! Builds the kernel programs (`tracer-ebpf`) for `bpfel-unknown-none` and
 //! embeds them. `AYA_BUILD_SKIP=1` skips this for a quick check or lint pass.
-//! Under cargo-fuzz (`--cfg fuzzing`) the programs are not built at all: the
-//! fuzz targets never load them, the BPF toolchain is not needed, and the
-//! sanitizer flags cargo-fuzz sets in RUSTFLAGS must not reach the nested
-//! BPF build. The loader then embeds an empty object.
+//! Without the `daemon` feature (the fuzz targets' build) there is no loader
+//! to embed them in, so nothing is built: no BPF toolchain is needed, and the
+//! sanitizer flags cargo-fuzz sets in RUSTFLAGS never reach a nested build.
 use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {
-    if std::env::var_os("CARGO_CFG_FUZZING").is_some() {
-        println!("cargo:rerun-if-changed=build.rs");
-        let out_dir = std::env::var_os("OUT_DIR").context("OUT_DIR not set")?;
-        let object = std::path::Path::new(&out_dir).join("tracer");
-        return std::fs::write(&object, []).with_context(|| format!("writing {object:?}"));
+    if std::env::var_os("CARGO_FEATURE_DAEMON").is_none() {
+        // No loader to embed the programs in.
+        return Ok(());
     }
     let metadata = cargo_metadata::MetadataCommand::new()
         .no_deps()
