@@ -1,6 +1,9 @@
 //! Command line: `Args` only validates what was typed; `Config` is what the
 //! daemon runs with, every default and environment variable resolved.
-use std::time::Duration;
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    time::Duration,
+};
 
 use clap::{Parser, Subcommand};
 use opentelemetry::KeyValue;
@@ -58,6 +61,18 @@ pub struct Args {
     /// Seconds between loss summaries in the log and metric exports.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub stats_interval: u64,
+    /// Serve Prometheus metrics at GET /metrics on this port [default: off].
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub prometheus_port: Option<u16>,
+    /// Address the Prometheus endpoint listens on: every interface, as a
+    /// scraper on another host needs; 127.0.0.1 keeps it on this host.
+    #[arg(
+        long,
+        value_name = "IP",
+        default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        requires = "prometheus_port"
+    )]
+    pub prometheus_address: IpAddr,
 }
 
 #[derive(Subcommand, Debug)]
@@ -78,6 +93,8 @@ pub struct Config {
     pub keep_query: bool,
     pub export: ExportConfig,
     pub stats_interval: Duration,
+    /// Where the Prometheus endpoint listens; `None`: no endpoint.
+    pub prometheus: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +143,9 @@ impl Args {
                 metric_interval: stats_interval,
             },
             stats_interval,
+            prometheus: self
+                .prometheus_port
+                .map(|port| SocketAddr::new(self.prometheus_address, port)),
         })
     }
 }
@@ -167,5 +187,38 @@ mod tests {
         .unwrap();
         assert_eq!(http.otlp_protocol, OtlpProtocol::HttpProtobuf);
         assert_eq!(http.pids, vec![1, 2]);
+    }
+
+    #[test]
+    fn the_prometheus_endpoint_is_off_unless_a_port_is_given() {
+        let endpoint = |args: &[&str]| {
+            parse(&[&["--pid", "1"], args].concat()).map(|args| {
+                args.into_config()
+                    .expect("a valid configuration")
+                    .prometheus
+            })
+        };
+        assert_eq!(endpoint(&[]).unwrap(), None);
+        assert_eq!(
+            endpoint(&["--prometheus-port", "9464"]).unwrap(),
+            Some("0.0.0.0:9464".parse().unwrap())
+        );
+        assert_eq!(
+            endpoint(&["--prometheus-port", "9464", "--prometheus-address", "::1"]).unwrap(),
+            Some("[::1]:9464".parse().unwrap())
+        );
+        for bad in [
+            &["--prometheus-port", "0"][..],
+            &["--prometheus-port", "65536"],
+            &["--prometheus-address", "127.0.0.1"],
+            &[
+                "--prometheus-port",
+                "1",
+                "--prometheus-address",
+                "localhost",
+            ],
+        ] {
+            assert!(endpoint(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -25,6 +25,7 @@ use crate::{
     telemetry::{
         clock::Clock,
         exporter::{self, ExporterSetupError},
+        prometheus::{self, ListenError},
     },
 };
 
@@ -61,6 +62,8 @@ pub enum DaemonError {
     Load(#[from] LoadError),
     #[error(transparent)]
     Exporter(#[from] ExporterSetupError),
+    #[error(transparent)]
+    PrometheusListen(#[from] ListenError),
     #[error("{context}: {source}")]
     Io {
         context: &'static str,
@@ -77,6 +80,7 @@ impl DaemonError {
             Self::NoSuchPid(_) => Exit::NoSuchPid,
             Self::Load(_) => Exit::KernelUnsupported,
             Self::Exporter(_) => Exit::ExporterSetup,
+            Self::PrometheusListen(_) => Exit::PrometheusListen,
             Self::Io { .. } => Exit::Failure,
         }
     }
@@ -94,6 +98,14 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     if let Some(&missing) = config.pids.iter().find(|&&pid| !proctree::is_alive(pid)) {
         return Err(DaemonError::NoSuchPid(missing));
     }
+    let stats = Arc::new(Stats::default());
+    // Bound before anything is loaded, so a port in use fails at once.
+    let prometheus = match config.prometheus {
+        Some(address) => {
+            Some(prometheus::start(address, &config.export.resource, stats.clone()).await?)
+        }
+        None => None,
+    };
     if let Some(endpoint) = &config.export.endpoint {
         warn_if_unreachable(endpoint).await;
     }
@@ -134,8 +146,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     notify(sd_notify::NotifyState::Ready);
 
     let clock = Clock::new();
-    let stats = Arc::new(Stats::default());
-    let export = exporter::start(config.export.clone(), clock, stats.clone())?;
+    let export = exporter::start(
+        config.export.clone(),
+        clock,
+        stats.clone(),
+        prometheus.as_ref().map(prometheus::Endpoint::recorder),
+    )?;
     // SAFETY: the ring buffer owns its fd and outlives this registration
     // (AsyncFd holds it); nothing else closes it.
     let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|err| DaemonError::Io {
@@ -180,6 +196,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                     &mut done,
                 );
                 tree.retain(|&pid| proctree::is_alive(pid));
+                if let Some(endpoint) = &prometheus {
+                    endpoint.set_traced_processes(tree.len());
+                }
                 if tree.is_empty() {
                     log::info!("every traced process has exited; stopping");
                     break;

@@ -28,10 +28,13 @@ pub enum Exit {
     KernelUnsupported = 6,
     /// The OTLP exporter could not be set up.
     ExporterSetup = 7,
+    /// The Prometheus endpoint cannot listen on its address, most often a
+    /// port in use: a restart may find it free.
+    PrometheusListen = 8,
 }
 
 impl Exit {
-    pub const ALL: [Exit; 7] = [
+    pub const ALL: [Exit; 8] = [
         Self::Ok,
         Self::Failure,
         Self::Usage,
@@ -39,6 +42,7 @@ impl Exit {
         Self::NotPermitted,
         Self::KernelUnsupported,
         Self::ExporterSetup,
+        Self::PrometheusListen,
     ];
 
     /// The process exit status.
@@ -50,7 +54,7 @@ impl Exit {
     pub const fn is_permanent_failure(self) -> bool {
         match self {
             Self::Usage | Self::NoSuchPid | Self::NotPermitted | Self::KernelUnsupported => true,
-            Self::Ok | Self::Failure | Self::ExporterSetup => false,
+            Self::Ok | Self::Failure | Self::ExporterSetup | Self::PrometheusListen => false,
         }
     }
 }

@@ -6,6 +6,7 @@ mod bench_quick;
 mod cli;
 mod collector;
 mod overload;
+mod prometheus;
 mod robustness;
 mod spans;
 mod support;

@@ -1,8 +1,8 @@
 //! The export task: takes completed requests from a bounded queue, prints
-//! them as JSON if asked, records the duration histogram, and hands spans in
-//! batches to [`Delivery`], which retries within a bounded queue: a dead or
-//! slow collector costs memory only up to the queue size, and drops are
-//! counted.
+//! them as JSON if asked, records the duration histogram (for OTLP and the
+//! Prometheus endpoint, whichever is on), and hands spans in batches to
+//! [`Delivery`], which retries within a bounded queue: a dead or slow
+//! collector costs memory only up to the queue size, and drops are counted.
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -19,13 +19,16 @@ use tokio::sync::mpsc;
 use super::{
     clock::Clock,
     delivery::{BATCH_SIZE, Batch, Delivery},
-    json,
+    json, prometheus,
     spans::{SpanBuilder, metric_attributes},
 };
 use crate::{assembly::CompletedRequest, stats::Stats};
 
+/// The request duration histogram and the loss counter, as named in OTLP.
+pub const DURATION_METRIC: &str = "http.server.request.duration";
+pub const DROPPED_METRIC: &str = "tracer.dropped";
 /// Semantic-convention bucket boundaries for `http.server.request.duration`.
-const DURATION_BUCKETS: [f64; 14] = [
+pub const DURATION_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 const BATCH_DELAY: Duration = Duration::from_millis(500);
@@ -66,6 +69,7 @@ pub fn start(
     config: ExportConfig,
     clock: Clock,
     stats: Arc<Stats>,
+    prometheus: Option<prometheus::Recorder>,
 ) -> Result<ExportHandle, ExporterSetupError> {
     let (queue, receiver) = mpsc::channel(config.queue_capacity);
     let mut exporters = None;
@@ -94,6 +98,7 @@ pub fn start(
         config.queue_capacity,
         clock,
         stats,
+        prometheus,
     ));
     Ok(ExportHandle { queue, task })
 }
@@ -142,6 +147,7 @@ async fn run(
     queue_capacity: usize,
     clock: Clock,
     stats: Arc<Stats>,
+    prometheus: Option<prometheus::Recorder>,
 ) {
     let (mut delivery, meters) = match exporters {
         Some((spans, meters)) => {
@@ -155,7 +161,7 @@ async fn run(
         let meter = meters.meter("tracer");
         let dropped_stats = stats.clone();
         let _dropped = meter
-            .u64_observable_counter("tracer.dropped")
+            .u64_observable_counter(DROPPED_METRIC)
             .with_description("Events, requests or spans the tracer could not turn into telemetry")
             .with_callback(move |observer| {
                 for (reason, count) in dropped_stats.dropped() {
@@ -164,7 +170,7 @@ async fn run(
             })
             .build();
         meter
-            .f64_histogram("http.server.request.duration")
+            .f64_histogram(DURATION_METRIC)
             .with_unit("s")
             .with_description("Duration of HTTP server requests.")
             .with_boundaries(DURATION_BUCKETS.to_vec())
@@ -181,11 +187,16 @@ async fn run(
                     use std::io::Write as _;
                     let _ = writeln!(std::io::stdout(), "{}", json::line(&request, &clock));
                 }
-                if let Some(histogram) = &duration {
+                if duration.is_some() || prometheus.is_some() {
                     let seconds = request.end_ns.saturating_sub(request.start_ns) as f64 / 1e9;
                     let attributes = metric_attributes(&request);
-                    histogram.record(seconds, &attributes);
-                    batch.push((request, attributes));
+                    if let Some(prometheus) = &prometheus {
+                        prometheus.record(seconds, &attributes);
+                    }
+                    if let Some(histogram) = &duration {
+                        histogram.record(seconds, &attributes);
+                        batch.push((request, attributes));
+                    }
                 }
                 if batch.len() < BATCH_SIZE {
                     continue;

@@ -1,7 +1,8 @@
 //! From completed requests to what leaves the host: OTLP spans and metrics,
-//! and JSON lines for debugging.
+//! the same metrics for Prometheus to scrape, and JSON lines for debugging.
 pub mod clock;
 pub mod delivery;
 pub mod exporter;
 pub mod json;
+pub mod prometheus;
 pub mod spans;
