@@ -20,6 +20,7 @@ use super::{
     clock::Clock,
     delivery::{BATCH_SIZE, Batch, Delivery},
     json,
+    routes::{RouteConfig, Routes},
     spans::{SpanBuilder, metric_attributes},
 };
 use crate::{assembly::CompletedRequest, stats::Stats};
@@ -47,6 +48,7 @@ pub struct ExportConfig {
     pub print_json: bool,
     pub queue_capacity: usize,
     pub metric_interval: Duration,
+    pub routes: RouteConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,11 +89,13 @@ pub fn start(
             .build();
         exporters = Some((spans, meters));
     }
+    let routes = Routes::new(config.routes, stats.clone());
     let task = tokio::spawn(run(
         receiver,
         exporters,
         config.print_json,
         config.queue_capacity,
+        routes,
         clock,
         stats,
     ));
@@ -140,6 +144,7 @@ async fn run(
     exporters: Option<(SpanExporter, SdkMeterProvider)>,
     print_json: bool,
     queue_capacity: usize,
+    mut routes: Routes,
     clock: Clock,
     stats: Arc<Stats>,
 ) {
@@ -163,6 +168,18 @@ async fn run(
                 }
             })
             .build();
+        let overflow_stats = stats.clone();
+        let _overflow = meter
+            .u64_observable_counter("tracer.cardinality_overflow")
+            .with_description(
+                "Requests exported under a cardinality limit's overflow value, by limit (docs/routes.md)",
+            )
+            .with_callback(move |observer| {
+                for (limit, count) in overflow_stats.overflows() {
+                    observer.observe(count, &[KeyValue::new("limit", limit.as_str())]);
+                }
+            })
+            .build();
         meter
             .f64_histogram("http.server.request.duration")
             .with_unit("s")
@@ -183,9 +200,15 @@ async fn run(
                 }
                 if let Some(histogram) = &duration {
                     let seconds = request.end_ns.saturating_sub(request.start_ns) as f64 / 1e9;
-                    let attributes = metric_attributes(&request);
+                    let resolved = routes.resolve(&request);
+                    let mut attributes = metric_attributes(&request);
+                    let shared = attributes.len();
+                    resolved.push_metric_attributes(&mut attributes);
                     histogram.record(seconds, &attributes);
-                    batch.push((request, attributes));
+                    // Past --route-limit the metric's route is the overflow's;
+                    // the span takes its own from `resolved`.
+                    attributes.truncate(shared);
+                    batch.push((request, attributes, resolved));
                 }
                 if batch.len() < BATCH_SIZE {
                     continue;

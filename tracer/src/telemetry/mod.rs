@@ -4,4 +4,5 @@ pub mod clock;
 pub mod delivery;
 pub mod exporter;
 pub mod json;
+pub mod routes;
 pub mod spans;
