@@ -7,5 +7,6 @@ mod cli;
 mod collector;
 mod overload;
 mod robustness;
+mod routes;
 mod spans;
 mod support;
