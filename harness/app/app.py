@@ -1,5 +1,6 @@
 """The experiment's Flask app (docs/results.md), plus the routes the tracer's
-tests need: a 404, a 500, a POST that reads its body, and a light endpoint."""
+tests need: a 404, a 500, a POST that reads its body, a light endpoint, and
+one with an identifier in its path."""
 from flask import Flask, abort, request
 
 app = Flask(__name__)
@@ -30,3 +31,8 @@ def fail():
 @app.get("/missing")
 def missing():
     abort(404)
+
+
+@app.get("/users/<int:user_id>")
+def user(user_id):
+    return {"id": user_id}

@@ -12,7 +12,10 @@ use opentelemetry_sdk::Resource;
 use crate::{
     kernel::probes::ProbeChoice,
     proctree,
-    telemetry::exporter::{ExportConfig, OtlpProtocol},
+    telemetry::{
+        exporter::{ExportConfig, OtlpProtocol},
+        routes::{self, RouteConfig, RoutePattern, UnmatchedRoute},
+    },
 };
 
 #[derive(Parser, Debug)]
@@ -73,6 +76,26 @@ pub struct Args {
         requires = "prometheus_port"
     )]
     pub prometheus_address: IpAddr,
+
+    // Routes and cardinality (docs/routes.md).
+    /// Route pattern giving `http.route` and the span name (repeatable):
+    /// `{name}` matches one segment, a trailing `{name...}` the rest.
+    #[arg(long = "route", value_name = "PATTERN")]
+    pub routes: Vec<RoutePattern>,
+    /// `http.route` of a path no `--route` matches.
+    #[arg(long, value_enum, default_value = "heuristic")]
+    pub unmatched_route: UnmatchedRoute,
+    /// Distinct children a node of the heuristic's route trie learns; past
+    /// them, other segments there become `{id}`.
+    #[arg(long, default_value_t = routes::DEFAULT_COLLAPSE_CHILDREN, value_parser = clap::value_parser!(u32).range(1..))]
+    pub route_collapse_children: u32,
+    /// Distinct `http.route` values in metrics; new ones past it are
+    /// recorded as `http.route=""` with `otel.metric.overflow=true`.
+    #[arg(long, default_value_t = routes::DEFAULT_ROUTE_LIMIT, value_parser = clap::value_parser!(u32).range(1..))]
+    pub route_limit: u32,
+    /// Distinct server span names; new ones past it are named `{method}`.
+    #[arg(long, default_value_t = routes::DEFAULT_SPAN_NAME_LIMIT, value_parser = clap::value_parser!(u32).range(1..))]
+    pub span_name_limit: u32,
 }
 
 #[derive(Subcommand, Debug)]
@@ -141,6 +164,13 @@ impl Args {
                 print_json: self.print == Some(PrintFormat::Json),
                 queue_capacity: self.queue_size as usize,
                 metric_interval: stats_interval,
+                routes: RouteConfig {
+                    patterns: self.routes,
+                    unmatched: self.unmatched_route,
+                    collapse_children: self.route_collapse_children as usize,
+                    route_limit: self.route_limit as usize,
+                    span_name_limit: self.span_name_limit as usize,
+                },
             },
             stats_interval,
             prometheus: self
@@ -220,5 +250,32 @@ mod tests {
         ] {
             assert!(endpoint(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn route_flags_are_checked() {
+        assert!(parse(&["--pid", "1", "--route", "users/{id}"]).is_err());
+        assert!(parse(&["--pid", "1", "--route", "/files/{rest...}/raw"]).is_err());
+        assert!(parse(&["--pid", "1", "--unmatched-route", "guess"]).is_err());
+        assert!(parse(&["--pid", "1", "--route-limit", "0"]).is_err());
+        assert!(parse(&["--pid", "1", "--route-collapse-children", "0"]).is_err());
+        let args = parse(&[
+            "--pid",
+            "1",
+            "--route",
+            "/users/{id}",
+            "--route",
+            "/static/{file...}",
+            "--unmatched-route",
+            "unset",
+            "--span-name-limit",
+            "5",
+        ])
+        .unwrap();
+        let routes = args.into_config().unwrap().export.routes;
+        assert_eq!(routes.patterns.len(), 2);
+        assert_eq!(routes.unmatched, UnmatchedRoute::Unset);
+        assert_eq!(routes.span_name_limit, 5);
+        assert_eq!(routes.route_limit, routes::DEFAULT_ROUTE_LIMIT as usize);
     }
 }

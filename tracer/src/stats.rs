@@ -1,6 +1,8 @@
 //! Everything the tracer could not turn into telemetry, counted. Shared by
 //! the reader, the exporter and the periodic report; also exported as the
 //! metric `tracer.dropped` (by `reason`) so losses are visible upstream.
+//! Requests exported past a cardinality limit are counted too, apart: they
+//! are no loss (`tracer.cardinality_overflow`, by `limit`).
 use std::{
     fmt,
     str::FromStr,
@@ -138,6 +140,31 @@ impl FromStr for DropReason {
     }
 }
 
+/// A cardinality limit a request went past (docs/routes.md): the `limit`
+/// attribute of the exported `tracer.cardinality_overflow` counter. The
+/// request is still exported, under the limit's overflow value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overflow {
+    /// `--route-limit`: the duration metric recorded `http.route=""` with
+    /// `otel.metric.overflow=true`.
+    Route,
+    /// `--span-name-limit`: the server span was named `{method}`.
+    SpanName,
+}
+
+impl Overflow {
+    /// Every limit, in the order they are exported and logged.
+    pub const ALL: [Overflow; 2] = [Self::Route, Self::SpanName];
+
+    /// The exported `limit` attribute value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Route => "route",
+            Self::SpanName => "span_name",
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Stats {
     pub requests: AtomicU64,
@@ -152,6 +179,7 @@ pub struct Stats {
     responses_without_request: AtomicU64,
     requests_without_response: AtomicU64,
     requests_lost_to_gaps: AtomicU64,
+    overflows: [AtomicU64; Overflow::ALL.len()],
 }
 
 impl Stats {
@@ -200,7 +228,19 @@ impl Stats {
         }
     }
 
-    /// One line for the log: requests, exported spans, and non-zero losses.
+    pub fn count_overflow(&self, limit: Overflow) {
+        self.overflows[limit as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Every overflow counter with its limit, as exported and logged.
+    pub fn overflows(&self) -> impl Iterator<Item = (Overflow, u64)> + '_ {
+        Overflow::ALL
+            .into_iter()
+            .map(|limit| (limit, self.overflows[limit as usize].load(Relaxed)))
+    }
+
+    /// One line for the log: requests, exported spans, and non-zero losses
+    /// and overflows.
     pub fn summary(&self) -> String {
         let mut line = format!(
             "requests={} spans_exported={}",
@@ -210,6 +250,11 @@ impl Stats {
         for (reason, count) in self.dropped() {
             if count > 0 {
                 line.push_str(&format!(" {reason}={count}"));
+            }
+        }
+        for (limit, count) in self.overflows() {
+            if count > 0 {
+                line.push_str(&format!(" {}_overflow={count}", limit.as_str()));
             }
         }
         line
@@ -236,5 +281,19 @@ mod tests {
         let reasons: Vec<_> = dropped.iter().map(|(reason, _)| *reason).collect();
         assert_eq!(reasons, DropReason::ALL);
         assert!(dropped.contains(&(DropReason::ExportQueueFull, 3)));
+    }
+
+    #[test]
+    fn overflows_are_logged_apart_from_losses() {
+        let stats = Stats::default();
+        assert!(!stats.summary().contains("overflow"));
+        stats.count_overflow(Overflow::SpanName);
+        stats.count_overflow(Overflow::SpanName);
+        assert!(stats.summary().ends_with(" span_name_overflow=2"));
+        assert_eq!(
+            stats.overflows().collect::<Vec<_>>(),
+            [(Overflow::Route, 0), (Overflow::SpanName, 2)]
+        );
+        assert!(stats.dropped().all(|(_, count)| count == 0));
     }
 }

@@ -8,5 +8,6 @@ mod collector;
 mod overload;
 mod prometheus;
 mod robustness;
+mod routes;
 mod spans;
 mod support;

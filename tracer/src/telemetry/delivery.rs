@@ -15,11 +15,12 @@ use opentelemetry_otlp::SpanExporter;
 use opentelemetry_sdk::{error::OTelSdkResult, trace::SpanExporter as _};
 use tokio::task::JoinSet;
 
-use super::spans::SpanBuilder;
+use super::{routes::Resolved, spans::SpanBuilder};
 use crate::{assembly::CompletedRequest, stats::Stats};
 
-/// Requests, each with its metric attributes (built once, for the histogram).
-pub type Batch = Vec<(CompletedRequest, Vec<KeyValue>)>;
+/// Requests, each with its metric attributes (built once, for the histogram)
+/// and its resolved route and span name.
+pub type Batch = Vec<(CompletedRequest, Vec<KeyValue>, Resolved)>;
 
 /// Requests per export at most (three spans each).
 pub const BATCH_SIZE: usize = 512;
@@ -154,7 +155,9 @@ impl Delivery {
             self.in_flight.spawn(async move {
                 let spans: Vec<_> = batch
                     .iter()
-                    .flat_map(|(request, attributes)| builder.spans(request, attributes.clone()))
+                    .flat_map(|(request, attributes, resolved)| {
+                        builder.spans(request, attributes.clone(), resolved)
+                    })
                     .collect();
                 let count = spans.len();
                 let result = exporter.export(spans).await;

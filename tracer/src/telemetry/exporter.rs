@@ -20,6 +20,7 @@ use super::{
     clock::Clock,
     delivery::{BATCH_SIZE, Batch, Delivery},
     json, prometheus,
+    routes::{RouteConfig, Routes},
     spans::{SpanBuilder, metric_attributes},
 };
 use crate::{assembly::CompletedRequest, stats::Stats};
@@ -50,6 +51,7 @@ pub struct ExportConfig {
     pub print_json: bool,
     pub queue_capacity: usize,
     pub metric_interval: Duration,
+    pub routes: RouteConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,11 +93,13 @@ pub fn start(
             .build();
         exporters = Some((spans, meters));
     }
+    let routes = Routes::new(config.routes, stats.clone());
     let task = tokio::spawn(run(
         receiver,
         exporters,
         config.print_json,
         config.queue_capacity,
+        routes,
         clock,
         stats,
         prometheus,
@@ -145,6 +149,7 @@ async fn run(
     exporters: Option<(SpanExporter, SdkMeterProvider)>,
     print_json: bool,
     queue_capacity: usize,
+    mut routes: Routes,
     clock: Clock,
     stats: Arc<Stats>,
     prometheus: Option<prometheus::Recorder>,
@@ -169,6 +174,18 @@ async fn run(
                 }
             })
             .build();
+        let overflow_stats = stats.clone();
+        let _overflow = meter
+            .u64_observable_counter("tracer.cardinality_overflow")
+            .with_description(
+                "Requests exported under a cardinality limit's overflow value, by limit (docs/routes.md)",
+            )
+            .with_callback(move |observer| {
+                for (limit, count) in overflow_stats.overflows() {
+                    observer.observe(count, &[KeyValue::new("limit", limit.as_str())]);
+                }
+            })
+            .build();
         meter
             .f64_histogram(DURATION_METRIC)
             .with_unit("s")
@@ -189,13 +206,19 @@ async fn run(
                 }
                 if duration.is_some() || prometheus.is_some() {
                     let seconds = request.end_ns.saturating_sub(request.start_ns) as f64 / 1e9;
-                    let attributes = metric_attributes(&request);
+                    let resolved = routes.resolve(&request);
+                    let mut attributes = metric_attributes(&request);
+                    let shared = attributes.len();
+                    resolved.push_metric_attributes(&mut attributes);
                     if let Some(prometheus) = &prometheus {
                         prometheus.record(seconds, &attributes);
                     }
                     if let Some(histogram) = &duration {
                         histogram.record(seconds, &attributes);
-                        batch.push((request, attributes));
+                        // Past --route-limit the metric's route is the
+                        // overflow's; the span takes its own from `resolved`.
+                        attributes.truncate(shared);
+                        batch.push((request, attributes, resolved));
                     }
                 }
                 if batch.len() < BATCH_SIZE {

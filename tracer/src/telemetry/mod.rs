@@ -5,4 +5,5 @@ pub mod delivery;
 pub mod exporter;
 pub mod json;
 pub mod prometheus;
+pub mod routes;
 pub mod spans;

@@ -1,5 +1,6 @@
 //! A completed request as OpenTelemetry spans, following the HTTP semantic
-//! conventions: a SERVER span `"{method} {path}"` and two INTERNAL children
+//! conventions: a SERVER span `"{method} {http.route}"` (`"{method}"` without
+//! a route, never the raw path: [`super::routes`]) and two INTERNAL children
 //! that say where the time went, "in queue" (handshake to first byte read:
 //! the accept queue, invisible to an in-process SDK) and "processing".
 use std::{borrow::Cow, net::IpAddr};
@@ -11,7 +12,7 @@ use opentelemetry::{
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SpanData, SpanEvents, SpanLinks};
 use tracer_common::{AF_INET, AF_INET6};
 
-use super::clock::Clock;
+use super::{clock::Clock, routes::Resolved};
 use crate::assembly::CompletedRequest;
 
 /// The peer's address and port, when the connection's handshake was seen.
@@ -70,13 +71,18 @@ impl SpanBuilder {
     /// The server span, then its "in queue" and "processing" children.
     /// `attributes` are the request's [`metric_attributes`], already built
     /// for the duration histogram; the span-only ones are added to them.
+    /// `resolved` names the span and gives its `http.route`.
     pub fn spans(
         &self,
         request: &CompletedRequest,
         mut attributes: Vec<KeyValue>,
+        resolved: &Resolved,
     ) -> [SpanData; 3] {
         let trace_id = self.ids.new_trace_id();
         let server_id = self.ids.new_span_id();
+        if let Some(route) = &resolved.route {
+            attributes.push(KeyValue::new("http.route", route.clone()));
+        }
         attributes.push(KeyValue::new("url.path", request.request.path.clone()));
         attributes.push(KeyValue::new("process.pid", i64::from(request.tgid)));
         if let Some((address, port)) = peer(request) {
@@ -88,13 +94,12 @@ impl SpanBuilder {
         } else {
             Status::Unset
         };
-        let name = format!("{} {}", request.request.method, request.request.path);
         let server = self.span(
             trace_id,
             server_id,
             SpanId::INVALID,
             SpanKind::Server,
-            name.into(),
+            resolved.span_name.clone().into(),
             (request.start_ns, request.end_ns),
             attributes,
             status,
@@ -162,17 +167,27 @@ impl SpanBuilder {
 mod tests {
     use tracer_common::ConnMeta;
 
+    use std::sync::Arc;
+
     use super::*;
-    use crate::http::RequestHead;
+    use crate::{
+        http::RequestHead,
+        stats::Stats,
+        telemetry::routes::{RouteConfig, Routes},
+    };
 
     fn request(status: u16) -> CompletedRequest {
+        request_to("/work", status)
+    }
+
+    fn request_to(path: &str, status: u16) -> CompletedRequest {
         let mut peer_addr = [0; 16];
         peer_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
         CompletedRequest {
             tgid: 7,
             request: RequestHead {
                 method: "GET".into(),
-                path: "/work".into(),
+                path: path.into(),
                 minor_version: 1,
                 head_len: 40,
             },
@@ -192,7 +207,9 @@ mod tests {
     }
 
     fn spans_of(request: &CompletedRequest) -> [SpanData; 3] {
-        SpanBuilder::new(Clock::new()).spans(request, metric_attributes(request))
+        let mut routes = Routes::new(RouteConfig::default(), Arc::new(Stats::default()));
+        let resolved = routes.resolve(request);
+        SpanBuilder::new(Clock::new()).spans(request, metric_attributes(request), &resolved)
     }
 
     fn attribute<'a>(span: &'a SpanData, key: &str) -> Option<&'a opentelemetry::Value> {
@@ -206,6 +223,7 @@ mod tests {
     fn server_span_follows_semantic_conventions() {
         let [server, queue, processing] = spans_of(&request(200));
         assert_eq!(server.name, "GET /work");
+        assert_eq!(attribute(&server, "http.route").unwrap().as_str(), "/work");
         assert_eq!(server.span_kind, SpanKind::Server);
         assert_eq!(
             attribute(&server, "http.request.method").unwrap().as_str(),
@@ -236,6 +254,23 @@ mod tests {
                 .as_nanos(),
             8_000
         );
+    }
+
+    #[test]
+    fn the_span_is_named_after_the_route_and_keeps_the_path() {
+        let [server, ..] = spans_of(&request_to("/users/42/orders/7", 200));
+        assert_eq!(server.name, "GET /users/{id}/orders/{id}");
+        assert_eq!(
+            attribute(&server, "http.route").unwrap().as_str(),
+            "/users/{id}/orders/{id}"
+        );
+        assert_eq!(
+            attribute(&server, "url.path").unwrap().as_str(),
+            "/users/42/orders/7"
+        );
+        let [no_route, ..] = spans_of(&request_to("*", 200));
+        assert_eq!(no_route.name, "GET");
+        assert_eq!(attribute(&no_route, "http.route"), None);
     }
 
     #[test]
