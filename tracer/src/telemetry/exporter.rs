@@ -205,9 +205,14 @@ async fn run(
         delivery.push(std::mem::take(&mut batch));
         delivery.flush(Instant::now() + EXPORT_TIMEOUT).await;
     }
-    if let Some(meters) = meters
-        && let Err(err) = meters.shutdown()
-    {
-        log::warn!("final metrics export failed: {err}");
+    if let Some(meters) = meters {
+        // The final export runs on the metrics reader's thread, over a tonic
+        // channel that this runtime drives: waiting for it on the runtime's
+        // one thread would stall it until the export timed out.
+        match tokio::task::spawn_blocking(move || meters.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => log::warn!("final metrics export failed: {err}"),
+            Err(err) => log::warn!("final metrics export did not finish: {err}"),
+        }
     }
 }
