@@ -22,10 +22,7 @@ use crate::{
     },
     proctree,
     stats::Stats,
-    telemetry::{
-        clock::Clock,
-        exporter::{self, ExporterSetupError},
-    },
+    telemetry::{clock::Clock, exporter, otlp::ExporterSetupError},
 };
 
 /// A response of unknown length is finished after this much silence.
@@ -94,8 +91,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     if let Some(&missing) = config.pids.iter().find(|&&pid| !proctree::is_alive(pid)) {
         return Err(DaemonError::NoSuchPid(missing));
     }
-    if let Some(endpoint) = &config.export.endpoint {
-        warn_if_unreachable(endpoint).await;
+    if let Some(otlp) = &config.export.otlp {
+        for endpoint in otlp.endpoints() {
+            warn_if_unreachable(endpoint).await;
+        }
     }
     let loader::Loaded {
         mut kernel,

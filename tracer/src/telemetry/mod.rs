@@ -4,4 +4,7 @@ pub mod clock;
 pub mod delivery;
 pub mod exporter;
 pub mod json;
+pub mod otel_env;
+pub mod otlp;
+pub mod sampling;
 pub mod spans;
