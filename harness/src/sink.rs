@@ -1,24 +1,27 @@
 //! An embedded OTLP receiver: OTLP/gRPC (trace and metrics services) and
 //! OTLP/HTTP with protobuf bodies (`POST /v1/traces`, `POST /v1/metrics`),
-//! both on loopback ports chosen by the caller (port 0 picks a free one).
+//! both on loopback ports chosen by the caller (port 0 picks a free one),
+//! plain or, given a certificate, over TLS; both accept gzip-compressed
+//! exports.
 //!
 //! Every received span is counted per `service.name` (and its SERVER spans
 //! apart) and, unless the sink only counts, flattened into a [`ReceivedSpan`]
-//! and kept; metrics are kept as [`ReceivedMetric`]s. The store only grows
-//! until [`Sink::clear`]: the benchmark clears it before each measured run.
-//! A sink can also answer late, to play a slow collector.
+//! and kept; metrics are kept as [`ReceivedMetric`]s, and each export
+//! request's headers as a [`ReceivedExport`]. The store only grows until
+//! [`Sink::clear`]: the benchmark clears it before each measured run. A sink
+//! can also answer late, to play a slow collector.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
@@ -38,9 +41,17 @@ use opentelemetry_proto::tonic::metrics::v1::number_data_point;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use prost::Message;
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::{
+    self,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _},
+};
+use tonic::codec::CompressionEncoding;
+use tonic::transport::{Identity, ServerTlsConfig};
 
 /// Largest accepted export request (gRPC and HTTP).
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -55,6 +66,8 @@ pub enum SinkError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot serve TLS with the certificate and key given: {0}")]
+    Tls(String),
 }
 
 /// An attribute value, as received.
@@ -130,14 +143,50 @@ pub struct ReceivedMetric {
     pub points: Vec<MetricPoint>,
 }
 
+/// What an export request carried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    Traces,
+    Metrics,
+}
+
+/// How an export request came.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Grpc,
+    Http,
+}
+
+/// One export request as it arrived, whatever it held.
+#[derive(Clone, Debug)]
+pub struct ReceivedExport {
+    pub signal: Signal,
+    pub transport: Transport,
+    /// Request headers (gRPC: metadata) by lowercase name; a repeated
+    /// header's values joined with ", ".
+    pub headers: BTreeMap<String, String>,
+    /// The body came gzip-compressed (`grpc-encoding`, `Content-Encoding`).
+    pub gzip: bool,
+    pub received_at: Instant,
+}
+
+/// A certificate chain and its private key, both PEM, to serve TLS with.
+#[derive(Clone, Debug)]
+pub struct SinkTls {
+    pub certificate_pem: String,
+    pub key_pem: String,
+}
+
 /// How the sink treats what it receives.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct SinkOptions {
     /// Keep every span; without, spans are only counted, which keeps the
     /// sink cheap at tens of thousands of spans per second.
     pub keep_spans: bool,
     /// Answer each trace export this late (a slow collector).
     pub reply_delay: Duration,
+    /// Serve both transports over TLS with this identity.
+    pub tls: Option<SinkTls>,
 }
 
 impl Default for SinkOptions {
@@ -145,6 +194,7 @@ impl Default for SinkOptions {
         Self {
             keep_spans: true,
             reply_delay: Duration::ZERO,
+            tls: None,
         }
     }
 }
@@ -155,6 +205,7 @@ struct Store {
     per_service: BTreeMap<String, u64>,
     server_per_service: BTreeMap<String, u64>,
     metrics: Vec<ReceivedMetric>,
+    exports: Vec<ReceivedExport>,
 }
 
 #[derive(Clone)]
@@ -202,6 +253,27 @@ impl Shared {
         let metrics = flatten_metrics(request);
         self.lock().metrics.extend(metrics);
     }
+
+    fn add_export(&self, signal: Signal, transport: Transport, headers: &HeaderMap, gzip: bool) {
+        let mut by_name: BTreeMap<String, String> = BTreeMap::new();
+        for (name, value) in headers {
+            let value = String::from_utf8_lossy(value.as_bytes());
+            by_name
+                .entry(name.as_str().to_owned())
+                .and_modify(|values| {
+                    values.push_str(", ");
+                    values.push_str(&value);
+                })
+                .or_insert_with(|| value.into_owned());
+        }
+        self.lock().exports.push(ReceivedExport {
+            signal,
+            transport,
+            headers: by_name,
+            gzip,
+            received_at: Instant::now(),
+        });
+    }
 }
 
 /// A running sink; stopped by [`Sink::shutdown`] or when dropped.
@@ -236,6 +308,15 @@ impl Sink {
                     source,
                 })
         };
+        let mut grpc_server = tonic::transport::Server::builder();
+        let mut http_tls = None;
+        if let Some(tls) = &options.tls {
+            let identity = Identity::from_pem(&tls.certificate_pem, &tls.key_pem);
+            grpc_server = grpc_server
+                .tls_config(ServerTlsConfig::new().identity(identity))
+                .map_err(|err| SinkError::Tls(err.to_string()))?;
+            http_tls = Some(tls_acceptor(tls)?);
+        }
         let (grpc_addr, grpc_listener) = bind(grpc, "gRPC").await?;
         let (http_addr, http_listener) = bind(http, "HTTP").await?;
         let shared = Shared {
@@ -245,8 +326,13 @@ impl Sink {
         };
         let (stop, stopped) = watch::channel(false);
         let tasks = vec![
-            tokio::spawn(serve_grpc(grpc_listener, shared.clone(), stopped.clone())),
-            tokio::spawn(serve_http(http_listener, shared.clone(), stopped)),
+            tokio::spawn(serve_grpc(
+                grpc_server,
+                grpc_listener,
+                shared.clone(),
+                stopped.clone(),
+            )),
+            tokio::spawn(serve_http(http_listener, http_tls, shared.clone(), stopped)),
         ];
         Ok(Sink {
             shared,
@@ -305,6 +391,11 @@ impl Sink {
         self.shared.lock().metrics.clone()
     }
 
+    /// Every export request received since the last clear, in order.
+    pub fn exports(&self) -> Vec<ReceivedExport> {
+        self.shared.lock().exports.clone()
+    }
+
     /// Forgets every span and metric received so far.
     pub fn clear(&self) {
         *self.shared.lock() = Store::default();
@@ -350,6 +441,7 @@ impl TraceService for Grpc {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.0.add_grpc_export(Signal::Traces, request.metadata());
         tokio::time::sleep(self.0.options.reply_delay).await;
         self.0.add_traces(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
@@ -362,18 +454,36 @@ impl MetricsService for Grpc {
         &self,
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.0.add_grpc_export(Signal::Metrics, request.metadata());
         self.0.add_metrics(request.into_inner());
         Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
     }
 }
 
-async fn serve_grpc(listener: TcpListener, shared: Shared, stop: watch::Receiver<bool>) {
-    let traces =
-        TraceServiceServer::new(Grpc(shared.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let metrics =
-        MetricsServiceServer::new(Grpc(shared)).max_decoding_message_size(MAX_MESSAGE_BYTES);
+impl Shared {
+    fn add_grpc_export(&self, signal: Signal, metadata: &tonic::metadata::MetadataMap) {
+        let headers = metadata.clone().into_headers();
+        let gzip = headers
+            .get("grpc-encoding")
+            .is_some_and(|encoding| encoding == "gzip");
+        self.add_export(signal, Transport::Grpc, &headers, gzip);
+    }
+}
+
+async fn serve_grpc(
+    mut server: tonic::transport::Server,
+    listener: TcpListener,
+    shared: Shared,
+    stop: watch::Receiver<bool>,
+) {
+    let traces = TraceServiceServer::new(Grpc(shared.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .accept_compressed(CompressionEncoding::Gzip);
+    let metrics = MetricsServiceServer::new(Grpc(shared))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .accept_compressed(CompressionEncoding::Gzip);
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let result = tonic::transport::Server::builder()
+    let result = server
         .add_service(traces)
         .add_service(metrics)
         .serve_with_incoming_shutdown(incoming, stopped(stop))
@@ -383,19 +493,43 @@ async fn serve_grpc(listener: TcpListener, shared: Shared, stop: watch::Receiver
     }
 }
 
-async fn serve_http(listener: TcpListener, shared: Shared, stop: watch::Receiver<bool>) {
+fn tls_acceptor(tls: &SinkTls) -> Result<TlsAcceptor, SinkError> {
+    let invalid = |err: &dyn std::fmt::Display| SinkError::Tls(err.to_string());
+    let chain = CertificateDer::pem_slice_iter(tls.certificate_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| invalid(&err))?;
+    let key = PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes()).map_err(|err| invalid(&err))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .and_then(|config| config.with_no_client_auth().with_single_cert(chain, key))
+    .map_err(|err| invalid(&err))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+async fn serve_http(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shared: Shared,
+    stop: watch::Receiver<bool>,
+) {
     let accept = async {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let shared = shared.clone();
+            let (shared, tls) = (shared.clone(), tls.clone());
             tokio::spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |request| handle_http(shared.clone(), request));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                match tls {
+                    // A failed handshake is the client's problem: it sees it.
+                    Some(tls) => {
+                        if let Ok(stream) = tls.accept(stream).await {
+                            serve_http_connection(stream, shared).await;
+                        }
+                    }
+                    None => serve_http_connection(stream, shared).await,
+                }
             });
         }
     };
@@ -403,6 +537,16 @@ async fn serve_http(listener: TcpListener, shared: Shared, stop: watch::Receiver
         () = accept => {}
         () = stopped(stop) => {}
     }
+}
+
+async fn serve_http_connection(
+    stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    shared: Shared,
+) {
+    let service = hyper::service::service_fn(move |request| handle_http(shared.clone(), request));
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 async fn handle_http(
@@ -429,9 +573,15 @@ async fn handle_http(
     if path != "/v1/traces" && path != "/v1/metrics" {
         return reply(StatusCode::NOT_FOUND, Bytes::new());
     }
+    let gzip = match request.headers().get(hyper::header::CONTENT_ENCODING) {
+        None => false,
+        Some(encoding) if encoding == "gzip" => true,
+        Some(_) => return reply(StatusCode::UNSUPPORTED_MEDIA_TYPE, Bytes::new()),
+    };
     if !is_protobuf {
         return reply(StatusCode::UNSUPPORTED_MEDIA_TYPE, Bytes::new());
     }
+    let headers = request.headers().clone();
     let body = match http_body_util::Limited::new(request.into_body(), MAX_MESSAGE_BYTES)
         .collect()
         .await
@@ -439,22 +589,46 @@ async fn handle_http(
         Ok(body) => body.to_bytes(),
         Err(_) => return reply(StatusCode::PAYLOAD_TOO_LARGE, Bytes::new()),
     };
-    let response = if path == "/v1/traces" {
-        tokio::time::sleep(shared.options.reply_delay).await;
-        ExportTraceServiceRequest::decode(body).map(|r| {
-            shared.add_traces(r);
-            ExportTraceServiceResponse::default().encode_to_vec()
-        })
+    let body = if gzip {
+        match gunzip(&body) {
+            Ok(body) => body,
+            Err(status) => return reply(status, Bytes::new()),
+        }
     } else {
-        ExportMetricsServiceRequest::decode(body).map(|r| {
-            shared.add_metrics(r);
-            ExportMetricsServiceResponse::default().encode_to_vec()
-        })
+        body
     };
-    match response {
-        Ok(bytes) => reply(StatusCode::OK, bytes.into()),
-        Err(_) => reply(StatusCode::BAD_REQUEST, Bytes::new()),
+    let bad_request = || reply(StatusCode::BAD_REQUEST, Bytes::new());
+    let answer = if path == "/v1/traces" {
+        let Ok(traces) = ExportTraceServiceRequest::decode(body) else {
+            return bad_request();
+        };
+        shared.add_export(Signal::Traces, Transport::Http, &headers, gzip);
+        tokio::time::sleep(shared.options.reply_delay).await;
+        shared.add_traces(traces);
+        ExportTraceServiceResponse::default().encode_to_vec()
+    } else {
+        let Ok(metrics) = ExportMetricsServiceRequest::decode(body) else {
+            return bad_request();
+        };
+        shared.add_export(Signal::Metrics, Transport::Http, &headers, gzip);
+        shared.add_metrics(metrics);
+        ExportMetricsServiceResponse::default().encode_to_vec()
+    };
+    reply(StatusCode::OK, answer.into())
+}
+
+/// A gzip body, decompressed within the size limit.
+fn gunzip(body: &[u8]) -> Result<Bytes, StatusCode> {
+    use std::io::Read as _;
+    let mut plain = Vec::new();
+    flate2::read::GzDecoder::new(body)
+        .take(MAX_MESSAGE_BYTES as u64 + 1)
+        .read_to_end(&mut plain)
+        .map_err(|_| StatusCode::BAD_REQUEST)?;
+    if plain.len() > MAX_MESSAGE_BYTES {
+        return Err(StatusCode::PAYLOAD_TOO_LARGE);
     }
+    Ok(plain.into())
 }
 
 fn attributes(kvs: &[KeyValue]) -> Attributes {

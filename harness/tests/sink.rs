@@ -1,8 +1,9 @@
-//! The OTLP sink receives spans and metrics over gRPC and HTTP/protobuf.
+//! The OTLP sink receives spans and metrics over gRPC and HTTP/protobuf,
+//! gzip-compressed or not, and records each export's headers.
 
 use std::time::Duration;
 
-use harness::sink::{AttrValue, Sink};
+use harness::sink::{AttrValue, Signal, Sink, Transport};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -15,6 +16,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::codec::CompressionEncoding;
 
 fn kv(key: &str, value: any_value::Value) -> KeyValue {
     KeyValue {
@@ -154,9 +156,25 @@ async fn grpc_spans_and_metrics() {
 }
 
 async fn post(addr: std::net::SocketAddr, path: &str, content_type: &str, body: &[u8]) -> String {
+    post_with_headers(
+        addr,
+        path,
+        &format!("Content-Type: {content_type}\r\n"),
+        body,
+    )
+    .await
+}
+
+/// A POST with `headers` (each line ending in CRLF) and `body`.
+async fn post_with_headers(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &str,
+    body: &[u8],
+) -> String {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await.expect("write");
@@ -201,6 +219,80 @@ async fn http_protobuf_spans_and_metrics() {
     assert!(response.starts_with("HTTP/1.1 400"), "{response}");
     let response = post(addr, "/v1/logs", "application/x-protobuf", b"").await;
     assert!(response.starts_with("HTTP/1.1 404"), "{response}");
+    sink.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_headers_and_gzip_encoding_of_each_export_are_recorded() {
+    use std::io::Write as _;
+    let sink = start().await;
+    let mut client = TraceServiceClient::connect(format!("http://{}", sink.grpc_addr()))
+        .await
+        .expect("connect")
+        .send_compressed(CompressionEncoding::Gzip);
+    let mut request = tonic::Request::new(traces("svc", 2));
+    request
+        .metadata_mut()
+        .insert("x-api-key", "grpc-key".parse().expect("ASCII"));
+    client.export(request).await.expect("gzip export");
+
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gzip.write_all(&metrics("svc").encode_to_vec())
+        .expect("compress");
+    let body = gzip.finish().expect("compress");
+    let headers = "Content-Type: application/x-protobuf\r\nContent-Encoding: gzip\r\n\
+                   X-Api-Key: http-key\r\n";
+    let response = post_with_headers(sink.http_addr(), "/v1/metrics", headers, &body).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let plain = post(
+        sink.http_addr(),
+        "/v1/traces",
+        "application/x-protobuf",
+        &traces("svc", 1).encode_to_vec(),
+    )
+    .await;
+    assert!(plain.starts_with("HTTP/1.1 200"), "{plain}");
+
+    let seen: Vec<_> = sink
+        .exports()
+        .into_iter()
+        .map(|export| {
+            let key = export.headers.get("x-api-key").cloned();
+            (export.signal, export.transport, export.gzip, key)
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (
+                Signal::Traces,
+                Transport::Grpc,
+                true,
+                Some("grpc-key".into())
+            ),
+            (
+                Signal::Metrics,
+                Transport::Http,
+                true,
+                Some("http-key".into())
+            ),
+            (Signal::Traces, Transport::Http, false, None),
+        ]
+    );
+    assert_eq!(sink.span_count("svc"), 3);
+    assert_eq!(sink.metrics()[0].points[0].count, Some(7));
+
+    let garbage = "Content-Type: application/x-protobuf\r\nContent-Encoding: gzip\r\n";
+    let response = post_with_headers(sink.http_addr(), "/v1/traces", garbage, b"not gzip").await;
+    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+    let brotli = "Content-Type: application/x-protobuf\r\nContent-Encoding: br\r\n";
+    let response = post_with_headers(sink.http_addr(), "/v1/traces", brotli, b"").await;
+    assert!(response.starts_with("HTTP/1.1 415"), "{response}");
+    assert_eq!(
+        sink.exports().len(),
+        3,
+        "a rejected request counts as no export"
+    );
     sink.shutdown().await;
 }
 

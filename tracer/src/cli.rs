@@ -1,5 +1,6 @@
 //! Command line: `Args` only validates what was typed; `Config` is what the
-//! daemon runs with, every default and environment variable resolved.
+//! daemon runs with, every default and environment variable resolved (the
+//! `OTEL_*` ones by [`otel_env`], flags first).
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     time::Duration,
@@ -15,8 +16,12 @@ use crate::{
     telemetry::{
         exporter::{ExportConfig, OtlpProtocol},
         routes::{self, RouteConfig, RoutePattern, UnmatchedRoute},
+        otel_env::{self, Flags, InvalidSetting},
     },
 };
+
+/// Seconds between loss summaries and metric exports, unless set.
+const DEFAULT_STATS_INTERVAL: u64 = 10;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -33,21 +38,15 @@ pub struct Args {
     /// `service.name` of the spans [default: the traced executable's name].
     #[arg(long, env = "OTEL_SERVICE_NAME")]
     pub service_name: Option<String>,
-    /// OTLP collector endpoint, or `none` to export nothing.
-    #[arg(
-        long,
-        env = "OTEL_EXPORTER_OTLP_ENDPOINT",
-        default_value = "http://localhost:4317"
-    )]
-    pub otlp_endpoint: String,
-    /// OTLP transport.
-    #[arg(
-        long,
-        env = "OTEL_EXPORTER_OTLP_PROTOCOL",
-        value_enum,
-        default_value = "grpc"
-    )]
-    pub otlp_protocol: OtlpProtocol,
+    /// OTLP collector endpoint, or `none` to export nothing; over
+    /// OTEL_EXPORTER_OTLP_ENDPOINT and the per-signal variables
+    /// [default: http://localhost:4317, :4318 for http/protobuf].
+    #[arg(long)]
+    pub otlp_endpoint: Option<String>,
+    /// OTLP transport, over OTEL_EXPORTER_OTLP_PROTOCOL and the per-signal
+    /// variables [default: grpc].
+    #[arg(long, value_enum)]
+    pub otlp_protocol: Option<OtlpProtocol>,
     /// Also print each finished request as one JSON object per line on stdout.
     #[arg(long, value_enum)]
     pub print: Option<PrintFormat>,
@@ -61,9 +60,10 @@ pub struct Args {
     /// Requests waiting for export before new ones are dropped (and counted).
     #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..))]
     pub queue_size: u32,
-    /// Seconds between loss summaries in the log and metric exports.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
-    pub stats_interval: u64,
+    /// Seconds between loss summaries in the log and metric exports (over
+    /// OTEL_METRIC_EXPORT_INTERVAL) [default: 10].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub stats_interval: Option<u64>,
     /// Serve Prometheus metrics at GET /metrics on this port [default: off].
     #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub prometheus_port: Option<u16>,
@@ -120,50 +120,59 @@ pub struct Config {
     pub prometheus: Option<SocketAddr>,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("invalid OTLP endpoint {0:?}: expected http://host:port, https://host:port or none")]
-pub struct EndpointError(String);
-
 impl Args {
-    pub fn into_config(self) -> Result<Config, EndpointError> {
-        let endpoint = match self.otlp_endpoint.trim() {
-            "none" | "" => None,
-            url if (url.starts_with("http://") || url.starts_with("https://"))
-                && url
-                    .split_once("://")
-                    .is_some_and(|(_, rest)| !rest.is_empty()) =>
-            {
-                Some(url.to_owned())
-            }
-            other => return Err(EndpointError(other.to_owned())),
+    pub fn into_config(self) -> Result<Config, InvalidSetting> {
+        self.resolve(|name| {
+            std::env::var_os(name).map(|value| value.to_string_lossy().into_owned())
+        })
+    }
+
+    /// [`Args::into_config`] with the environment read through `lookup`.
+    fn resolve(self, lookup: impl Fn(&str) -> Option<String>) -> Result<Config, InvalidSetting> {
+        let stats_interval = self.stats_interval.map(Duration::from_secs);
+        let flags = Flags {
+            endpoint: self.otlp_endpoint.as_deref(),
+            protocol: self.otlp_protocol,
+            metric_interval: stats_interval,
         };
+        let otel = otel_env::resolve(&flags, lookup)?;
         let root = self.pids.first().copied().unwrap_or_default();
+        // --service-name or OTEL_SERVICE_NAME, then OTEL_RESOURCE_ATTRIBUTES,
+        // as the specification orders them.
         let service_name = self
             .service_name
+            .or_else(|| {
+                otel.resource_attributes
+                    .iter()
+                    .find(|attribute| attribute.key.as_str() == "service.name")
+                    .map(|attribute| attribute.value.to_string())
+            })
             .or_else(|| proctree::command_name(root))
             .unwrap_or_else(|| "unknown_service".into());
+        // OTEL_RESOURCE_ATTRIBUTES overrides what the tracer detects.
         let resource = Resource::builder_empty()
             .with_attributes([
-                KeyValue::new("service.name", service_name),
                 KeyValue::new("host.name", host_name()),
                 KeyValue::new("process.pid", i64::from(root)),
                 KeyValue::new("telemetry.sdk.name", "tracer"),
                 KeyValue::new("telemetry.sdk.language", "rust"),
                 KeyValue::new("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
             ])
+            .with_attributes(otel.resource_attributes)
+            .with_service_name(service_name)
             .build();
-        let stats_interval = Duration::from_secs(self.stats_interval);
+        let stats_interval = stats_interval.unwrap_or(Duration::from_secs(DEFAULT_STATS_INTERVAL));
         Ok(Config {
             pids: self.pids,
             probes: self.probes,
             keep_query: self.keep_query_string,
             export: ExportConfig {
-                endpoint,
-                protocol: self.otlp_protocol,
+                otlp: otel.otlp,
+                sampler: otel.sampler,
                 resource,
                 print_json: self.print == Some(PrintFormat::Json),
                 queue_capacity: self.queue_size as usize,
-                metric_interval: stats_interval,
+                metric_interval: otel.metric_interval.unwrap_or(stats_interval),
                 routes: RouteConfig {
                     patterns: self.routes,
                     unmatched: self.unmatched_route,
@@ -194,18 +203,38 @@ mod tests {
         Args::try_parse_from(std::iter::once("tracer").chain(args.iter().copied()))
     }
 
+    /// Resolves with only the variables given, none of the process's.
+    fn config(args: &[&str], vars: &[(&str, &str)]) -> Result<Config, InvalidSetting> {
+        let args = parse(args).expect("valid arguments");
+        args.resolve(|name| {
+            vars.iter()
+                .find(|(var, _)| *var == name)
+                .map(|(_, value)| value.to_string())
+        })
+    }
+
+    fn resource_value(config: &Config, key: &'static str) -> Option<String> {
+        config
+            .export
+            .resource
+            .get(&key.into())
+            .map(|value| value.to_string())
+    }
+
     #[test]
     fn validates_input() {
         assert!(parse(&[]).is_err(), "a pid is required");
         assert!(parse(&["--pid", "-3"]).is_err());
         assert!(parse(&["--pid", "1", "--otlp-protocol", "carrier-pigeon"]).is_err());
         assert!(parse(&["--pid", "1", "--queue-size", "0"]).is_err());
-        let bad = parse(&["--pid", "1", "--otlp-endpoint", "localhost:4317"]).unwrap();
-        assert!(bad.into_config().is_err());
-        let none = parse(&["--pid", "1", "--otlp-endpoint", "none", "--print", "json"]).unwrap();
-        let config = none.into_config().unwrap();
-        assert_eq!(config.export.endpoint, None);
-        assert!(config.export.print_json);
+        assert!(config(&["--pid", "1", "--otlp-endpoint", "localhost:4317"], &[]).is_err());
+        let none = config(
+            &["--pid", "1", "--otlp-endpoint", "none", "--print", "json"],
+            &[],
+        )
+        .expect("valid");
+        assert!(none.export.otlp.is_none());
+        assert!(none.export.print_json);
         let http = parse(&[
             "--pid",
             "1",
@@ -215,7 +244,7 @@ mod tests {
             "http/protobuf",
         ])
         .unwrap();
-        assert_eq!(http.otlp_protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(http.otlp_protocol, Some(OtlpProtocol::HttpProtobuf));
         assert_eq!(http.pids, vec![1, 2]);
     }
 
@@ -277,5 +306,44 @@ mod tests {
         assert_eq!(routes.unmatched, UnmatchedRoute::Unset);
         assert_eq!(routes.span_name_limit, 5);
         assert_eq!(routes.route_limit, routes::DEFAULT_ROUTE_LIMIT as usize);
+    }
+
+    #[test]
+    fn intervals_flag_over_variable_over_default() {
+        let interval = [("OTEL_METRIC_EXPORT_INTERVAL", "250")];
+        let from_env = config(&["--pid", "1"], &interval).expect("valid");
+        assert_eq!(from_env.export.metric_interval, Duration::from_millis(250));
+        assert_eq!(from_env.stats_interval, Duration::from_secs(10));
+        let flagged = config(&["--pid", "1", "--stats-interval", "3"], &interval).expect("valid");
+        assert_eq!(flagged.export.metric_interval, Duration::from_secs(3));
+        assert_eq!(flagged.stats_interval, Duration::from_secs(3));
+        let default = config(&["--pid", "1"], &[]).expect("valid");
+        assert_eq!(default.export.metric_interval, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn service_name_and_resource_attributes_in_the_specifications_order() {
+        let attributes = [(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "service.name=from-attributes,host.name=web-1,deployment.environment=prod",
+        )];
+        let from_attributes = config(&["--pid", "1"], &attributes).expect("valid");
+        for (key, expected) in [
+            ("service.name", "from-attributes"),
+            ("host.name", "web-1"),
+            ("deployment.environment", "prod"),
+            ("telemetry.sdk.name", "tracer"),
+        ] {
+            assert_eq!(
+                resource_value(&from_attributes, key).as_deref(),
+                Some(expected)
+            );
+        }
+        let flagged =
+            config(&["--pid", "1", "--service-name", "flag"], &attributes).expect("valid");
+        assert_eq!(
+            resource_value(&flagged, "service.name").as_deref(),
+            Some("flag")
+        );
     }
 }

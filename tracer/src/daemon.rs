@@ -24,7 +24,8 @@ use crate::{
     stats::Stats,
     telemetry::{
         clock::Clock,
-        exporter::{self, ExporterSetupError},
+        exporter,
+        otlp::ExporterSetupError,
         prometheus::{self, ListenError},
     },
 };
@@ -106,8 +107,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         }
         None => None,
     };
-    if let Some(endpoint) = &config.export.endpoint {
-        warn_if_unreachable(endpoint).await;
+    if let Some(otlp) = &config.export.otlp {
+        for endpoint in otlp.endpoints() {
+            warn_if_unreachable(endpoint).await;
+        }
     }
     let loader::Loaded {
         mut kernel,

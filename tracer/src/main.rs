@@ -5,6 +5,7 @@ use tracer::{
     cli::{Args, Command},
     daemon,
     exit::Exit,
+    telemetry::otel_env,
 };
 
 fn main() -> ExitCode {
@@ -35,6 +36,8 @@ fn run() -> Exit {
             return Exit::Usage;
         }
     };
+    // SAFETY: nothing has started a thread yet; the runtime starts below.
+    unsafe { otel_env::hide_from_opentelemetry_otlp() };
     // One thread: the daemon's work is sequential, and cross-thread wakeups
     // would cost more CPU than the work itself.
     let runtime = match tokio::runtime::Builder::new_current_thread()

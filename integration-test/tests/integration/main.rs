@@ -5,6 +5,7 @@
 mod bench_quick;
 mod cli;
 mod collector;
+mod otel_env;
 mod overload;
 mod prometheus;
 mod robustness;

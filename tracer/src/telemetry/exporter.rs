@@ -1,8 +1,9 @@
 //! The export task: takes completed requests from a bounded queue, prints
 //! them as JSON if asked, records the duration histogram (for OTLP and the
-//! Prometheus endpoint, whichever is on), and hands spans in batches to
-//! [`Delivery`], which retries within a bounded queue: a dead or slow
-//! collector costs memory only up to the queue size, and drops are counted.
+//! Prometheus endpoint, whichever is on), and hands the requests the sampler
+//! keeps, in batches, to [`Delivery`], which retries within a bounded queue:
+//! a dead or slow collector costs memory only up to the queue size, and
+//! drops are counted.
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -12,15 +13,23 @@ use opentelemetry::{
     KeyValue,
     metrics::{Histogram, MeterProvider as _},
 };
-use opentelemetry_otlp::{MetricExporter, Protocol, SpanExporter, WithExportConfig};
-use opentelemetry_sdk::{Resource, metrics::SdkMeterProvider, trace::SpanExporter as _};
+use opentelemetry_otlp::SpanExporter;
+use opentelemetry_sdk::{
+    Resource,
+    metrics::{PeriodicReader, SdkMeterProvider},
+    trace::{Sampler, SpanExporter as _},
+};
 use tokio::sync::mpsc;
 
 use super::{
     clock::Clock,
     delivery::{BATCH_SIZE, Batch, Delivery},
-    json, prometheus,
+    json,
+    otel_env::OtlpSignals,
+    otlp::{self, ExporterSetupError},
+    prometheus,
     routes::{RouteConfig, Routes},
+    sampling::SpanSampler,
     spans::{SpanBuilder, metric_attributes},
 };
 use crate::{assembly::CompletedRequest, stats::Stats};
@@ -33,7 +42,6 @@ pub const DURATION_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 const BATCH_DELAY: Duration = Duration::from_millis(500);
-const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum OtlpProtocol {
@@ -44,9 +52,10 @@ pub enum OtlpProtocol {
 
 #[derive(Clone, Debug)]
 pub struct ExportConfig {
-    /// `None`: no OTLP export (`--otlp-endpoint none`).
-    pub endpoint: Option<String>,
-    pub protocol: OtlpProtocol,
+    /// `None`: no OTLP export (`--otlp-endpoint none`, `OTEL_SDK_DISABLED`).
+    pub otlp: Option<OtlpSignals>,
+    /// Which requests become spans (`OTEL_TRACES_SAMPLER`).
+    pub sampler: Sampler,
     pub resource: Resource,
     pub print_json: bool,
     pub queue_capacity: usize,
@@ -54,12 +63,33 @@ pub struct ExportConfig {
     pub routes: RouteConfig,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("cannot set up the OTLP exporter for {endpoint}: {source}")]
-pub struct ExporterSetupError {
-    endpoint: String,
-    #[source]
-    source: opentelemetry_otlp::ExporterBuildError,
+/// Where spans go: delivery through `spans`, metrics read by `meters`.
+struct Otlp {
+    spans: SpanExporter,
+    meters: SdkMeterProvider,
+    /// How long the shutdown flush waits for exports: one export's timeout.
+    flush_timeout: Duration,
+    sampler: SpanSampler,
+}
+
+impl Otlp {
+    fn new(signals: &OtlpSignals, config: &ExportConfig) -> Result<Self, ExporterSetupError> {
+        let mut spans = otlp::span_exporter(&signals.traces)?;
+        spans.set_resource(&config.resource);
+        let reader = PeriodicReader::builder(otlp::metric_exporter(&signals.metrics)?)
+            .with_interval(config.metric_interval)
+            .build();
+        let meters = SdkMeterProvider::builder()
+            .with_resource(config.resource.clone())
+            .with_reader(reader)
+            .build();
+        Ok(Self {
+            spans,
+            meters,
+            flush_timeout: signals.traces.timeout,
+            sampler: SpanSampler::new(config.sampler.clone()),
+        })
+    }
 }
 
 pub struct ExportHandle {
@@ -74,29 +104,14 @@ pub fn start(
     prometheus: Option<prometheus::Recorder>,
 ) -> Result<ExportHandle, ExporterSetupError> {
     let (queue, receiver) = mpsc::channel(config.queue_capacity);
-    let mut exporters = None;
-    if let Some(endpoint) = &config.endpoint {
-        let setup_error = |source| ExporterSetupError {
-            endpoint: endpoint.clone(),
-            source,
-        };
-        let (mut spans, metrics) =
-            build_exporters(endpoint, config.protocol).map_err(setup_error)?;
-        spans.set_resource(&config.resource);
-        let meters = SdkMeterProvider::builder()
-            .with_resource(config.resource.clone())
-            .with_reader(
-                opentelemetry_sdk::metrics::PeriodicReader::builder(metrics)
-                    .with_interval(config.metric_interval)
-                    .build(),
-            )
-            .build();
-        exporters = Some((spans, meters));
-    }
+    let otlp = match &config.otlp {
+        Some(signals) => Some(Otlp::new(signals, &config)?),
+        None => None,
+    };
     let routes = Routes::new(config.routes, stats.clone());
     let task = tokio::spawn(run(
         receiver,
-        exporters,
+        otlp,
         config.print_json,
         config.queue_capacity,
         routes,
@@ -107,46 +122,9 @@ pub fn start(
     Ok(ExportHandle { queue, task })
 }
 
-fn build_exporters(
-    endpoint: &str,
-    protocol: OtlpProtocol,
-) -> Result<(SpanExporter, MetricExporter), opentelemetry_otlp::ExporterBuildError> {
-    Ok(match protocol {
-        OtlpProtocol::Grpc => (
-            SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(endpoint)
-                .with_timeout(EXPORT_TIMEOUT)
-                .build()?,
-            MetricExporter::builder()
-                .with_tonic()
-                .with_endpoint(endpoint)
-                .with_timeout(EXPORT_TIMEOUT)
-                .build()?,
-        ),
-        OtlpProtocol::HttpProtobuf => {
-            let base = endpoint.trim_end_matches('/');
-            (
-                SpanExporter::builder()
-                    .with_http()
-                    .with_protocol(Protocol::HttpBinary)
-                    .with_endpoint(format!("{base}/v1/traces"))
-                    .with_timeout(EXPORT_TIMEOUT)
-                    .build()?,
-                MetricExporter::builder()
-                    .with_http()
-                    .with_protocol(Protocol::HttpBinary)
-                    .with_endpoint(format!("{base}/v1/metrics"))
-                    .with_timeout(EXPORT_TIMEOUT)
-                    .build()?,
-            )
-        }
-    })
-}
-
 async fn run(
     mut receiver: mpsc::Receiver<CompletedRequest>,
-    exporters: Option<(SpanExporter, SdkMeterProvider)>,
+    otlp: Option<Otlp>,
     print_json: bool,
     queue_capacity: usize,
     mut routes: Routes,
@@ -154,13 +132,18 @@ async fn run(
     stats: Arc<Stats>,
     prometheus: Option<prometheus::Recorder>,
 ) {
-    let (mut delivery, meters) = match exporters {
-        Some((spans, meters)) => {
+    let (mut delivery, meters, flush_timeout, sampler) = match otlp {
+        Some(Otlp {
+            spans,
+            meters,
+            flush_timeout,
+            sampler,
+        }) => {
             let builder = SpanBuilder::new(clock);
             let delivery = Delivery::new(spans, builder, stats.clone(), queue_capacity);
-            (Some(delivery), Some(meters))
+            (Some(delivery), Some(meters), flush_timeout, Some(sampler))
         }
-        None => (None, None),
+        None => (None, None, Duration::ZERO, None),
     };
     let duration: Option<Histogram<f64>> = meters.as_ref().map(|meters| {
         let meter = meters.meter("tracer");
@@ -215,10 +198,12 @@ async fn run(
                     }
                     if let Some(histogram) = &duration {
                         histogram.record(seconds, &attributes);
-                        // Past --route-limit the metric's route is the
-                        // overflow's; the span takes its own from `resolved`.
-                        attributes.truncate(shared);
-                        batch.push((request, attributes, resolved));
+                        if sampler.as_ref().is_some_and(SpanSampler::keeps) {
+                            // Past --route-limit the metric's route is the
+                            // overflow's; the span takes its own from `resolved`.
+                            attributes.truncate(shared);
+                            batch.push((request, attributes, resolved));
+                        }
                     }
                 }
                 if batch.len() < BATCH_SIZE {
@@ -237,11 +222,16 @@ async fn run(
     }
     if let Some(delivery) = &mut delivery {
         delivery.push(std::mem::take(&mut batch));
-        delivery.flush(Instant::now() + EXPORT_TIMEOUT).await;
+        delivery.flush(Instant::now() + flush_timeout).await;
     }
-    if let Some(meters) = meters
-        && let Err(err) = meters.shutdown()
-    {
-        log::warn!("final metrics export failed: {err}");
+    if let Some(meters) = meters {
+        // The final export runs on the metrics reader's thread, over a tonic
+        // channel that this runtime drives: waiting for it on the runtime's
+        // one thread would stall it until the export timed out.
+        match tokio::task::spawn_blocking(move || meters.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => log::warn!("final metrics export failed: {err}"),
+            Err(err) => log::warn!("final metrics export did not finish: {err}"),
+        }
     }
 }
