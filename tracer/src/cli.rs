@@ -15,8 +15,8 @@ use crate::{
     proctree,
     telemetry::{
         exporter::{ExportConfig, OtlpProtocol},
-        routes::{self, RouteConfig, RoutePattern, UnmatchedRoute},
         otel_env::{self, Flags, InvalidSetting},
+        routes::{self, RouteConfig, RoutePattern, UnmatchedRoute},
     },
 };
 

@@ -92,6 +92,13 @@ impl Otlp {
     }
 }
 
+/// How each request is named and labelled for metrics: its route, and the
+/// Prometheus endpoint's recorder when it is on.
+struct Labels {
+    routes: Routes,
+    prometheus: Option<prometheus::Recorder>,
+}
+
 pub struct ExportHandle {
     pub queue: mpsc::Sender<CompletedRequest>,
     pub task: tokio::task::JoinHandle<()>,
@@ -108,16 +115,18 @@ pub fn start(
         Some(signals) => Some(Otlp::new(signals, &config)?),
         None => None,
     };
-    let routes = Routes::new(config.routes, stats.clone());
+    let labels = Labels {
+        routes: Routes::new(config.routes, stats.clone()),
+        prometheus,
+    };
     let task = tokio::spawn(run(
         receiver,
         otlp,
         config.print_json,
         config.queue_capacity,
-        routes,
+        labels,
         clock,
         stats,
-        prometheus,
     ));
     Ok(ExportHandle { queue, task })
 }
@@ -127,11 +136,14 @@ async fn run(
     otlp: Option<Otlp>,
     print_json: bool,
     queue_capacity: usize,
-    mut routes: Routes,
+    labels: Labels,
     clock: Clock,
     stats: Arc<Stats>,
-    prometheus: Option<prometheus::Recorder>,
 ) {
+    let Labels {
+        mut routes,
+        prometheus,
+    } = labels;
     let (mut delivery, meters, flush_timeout, sampler) = match otlp {
         Some(Otlp {
             spans,
