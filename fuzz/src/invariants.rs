@@ -133,7 +133,10 @@ impl Witness {
                 }
                 self.source = Source::Socket(data.sock);
             }
-            Event::TaskFork { .. } | Event::TaskExit { .. } => self.source = Source::Nothing,
+            Event::TaskFork { .. }
+            | Event::TaskExit { .. }
+            | Event::ProcessExec { .. }
+            | Event::SocketListen { .. } => self.source = Source::Nothing,
         }
     }
 

@@ -2,7 +2,7 @@
 //! `records` target's input, and the decoding every target checks.
 use tracer::events::{self, Event};
 use tracer_common::{
-    AF_INET, CAPTURE_LEN, ConnEvent, ConnMeta, DataEvent, EventHeader, EventKind, TaskEvent,
+    AF_INET, CAPTURE_LEN, ConnEvent, ConnMeta, DataEvent, EventHeader, EventKind, ListenEvent, TaskEvent,
 };
 
 /// The bytes of a record, as the kernel writes it. Only for the
@@ -117,7 +117,10 @@ pub fn decode_checked(record: &[u8]) -> Option<Event<'_>> {
             std::mem::size_of::<DataEvent>()
         }
         Event::ConnOpen { .. } | Event::ConnClose { .. } => std::mem::size_of::<ConnEvent>(),
-        Event::TaskFork { .. } | Event::TaskExit { .. } => std::mem::size_of::<TaskEvent>(),
+        Event::TaskFork { .. } | Event::TaskExit { .. } | Event::ProcessExec { .. } => {
+            std::mem::size_of::<TaskEvent>()
+        }
+        Event::SocketListen { .. } => std::mem::size_of::<ListenEvent>(),
     };
     assert_eq!(record.len(), expected, "a record of the wrong size decoded");
     Some(event)

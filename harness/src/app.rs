@@ -114,6 +114,8 @@ pub struct AppOptions {
     /// Where gunicorn's and the tracer's output go.
     pub log_dir: PathBuf,
     pub startup_timeout: Duration,
+    /// A cgroup v2 directory gunicorn starts in (it must exist).
+    pub cgroup: Option<PathBuf>,
 }
 
 impl AppOptions {
@@ -133,6 +135,7 @@ impl AppOptions {
             tracer: None,
             log_dir: std::env::temp_dir(),
             startup_timeout: Duration::from_secs(30),
+            cgroup: None,
         }
     }
 }
@@ -210,7 +213,19 @@ impl App {
         std::fs::create_dir_all(&options.log_dir)
             .map_err(io_err(format!("create {}", options.log_dir.display())))?;
 
-        let mut command = Command::new("taskset");
+        let mut command = match &options.cgroup {
+            // The shell moves itself into the cgroup, then becomes taskset,
+            // which becomes gunicorn: one pid throughout.
+            Some(cgroup) => {
+                let mut shell = Command::new("sh");
+                shell
+                    .args(["-c", "echo 0 > \"$0/cgroup.procs\" && exec \"$@\""])
+                    .arg(cgroup)
+                    .arg("taskset");
+                shell
+            }
+            None => Command::new("taskset"),
+        };
         command.arg("-c").arg(options.app_core.to_string());
         if options.config == Config::Otel {
             command

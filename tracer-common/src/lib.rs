@@ -18,6 +18,8 @@ pub const MAX_TRACED_TASKS: u32 = 16_384;
 pub const MAX_CONNECTIONS: u32 = 65_536;
 /// Local ports the traced tree listens on, for accept-queue timestamps.
 pub const MAX_LISTEN_PORTS: u32 = 256;
+/// Ports `--port` selectors watch, ranges expanded.
+pub const MAX_WATCHED_PORTS: u32 = 4096;
 /// Size of the one ring buffer that carries every event.
 pub const RING_BUFFER_BYTES: u32 = 16 << 20;
 /// Records are submitted without waking the daemon, which drains the ring on
@@ -35,6 +37,11 @@ pub enum EventKind {
     ConnClose = 3,
     TaskFork = 4,
     TaskExit = 5,
+    /// A process of the host replaced its image (only while a selector
+    /// needs it: executable, cgroup or unit).
+    ProcessExec = 6,
+    /// A traced process, or one listening on a watched port, started listening.
+    SocketListen = 7,
 }
 
 impl EventKind {
@@ -45,6 +52,8 @@ impl EventKind {
             3 => Self::ConnClose,
             4 => Self::TaskFork,
             5 => Self::TaskExit,
+            6 => Self::ProcessExec,
+            7 => Self::SocketListen,
             _ => return None,
         })
     }
@@ -132,6 +141,18 @@ pub struct TaskEvent {
     /// The child for `TaskFork`, the exiting task id for `TaskExit`.
     pub task: u32,
     pub _pad: u32,
+}
+
+/// A TCP socket entering LISTEN in a traced process, or on a port a
+/// `--port` selector watches (the kernel then traces the process itself, so
+/// that its first connection is seen whatever the daemon is doing).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenEvent {
+    pub header: EventHeader,
+    /// Local port, host byte order.
+    pub port: u16,
+    pub _pad: [u8; 6],
 }
 
 /// Where a connection is in its current message, per direction, so that
@@ -270,6 +291,7 @@ pub const TCP_FIN_WAIT1: i32 = 4;
 pub const TCP_CLOSE: i32 = 7;
 pub const TCP_CLOSE_WAIT: i32 = 8;
 pub const TCP_LAST_ACK: i32 = 9;
+pub const TCP_LISTEN: i32 = 10;
 
 /// Bytes of a buffer the kernel looks at to decide whether it starts a message.
 pub const PREFIX_LEN: usize = 8;
@@ -355,6 +377,7 @@ const _: () = {
     assert!(core::mem::size_of::<ConnMeta>() == 24);
     assert!(core::mem::size_of::<ConnEvent>() == 56);
     assert!(core::mem::size_of::<TaskEvent>() == 24);
+    assert!(core::mem::size_of::<ListenEvent>() == 24);
     assert!(core::mem::size_of::<ConnState>() == 48);
     assert!(CAPTURE_LEN.is_power_of_two());
     // The kernel scans the payload a u64 word at a time.

@@ -31,6 +31,12 @@ pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
     0
 }
 
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
+    probes::process::on_exec();
+    0
+}
+
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
     probes::connection::on_state_change(&ctx);

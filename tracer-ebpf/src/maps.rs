@@ -5,7 +5,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     ConnState, KERNEL_COUNTERS, KernelCounter, MAX_CONNECTIONS, MAX_LISTEN_PORTS, MAX_TRACED_TASKS,
-    RING_BUFFER_BYTES,
+    MAX_WATCHED_PORTS, RING_BUFFER_BYTES,
 };
 
 /// Tasks (process and thread ids) being traced: the daemon seeds it with the
@@ -16,6 +16,11 @@ pub static TRACED_TASKS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TRACED
 /// Local ports the traced tree listens on (host byte order), kept by the daemon.
 #[map]
 pub static LISTEN_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_LISTEN_PORTS, 0);
+
+/// Ports of `--port` selectors (host byte order): a process that starts
+/// listening on one is traced from that moment, by the kernel itself.
+#[map]
+pub static WATCHED_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_WATCHED_PORTS, 0);
 
 /// Connections by `struct sock` address.
 #[map]
@@ -52,10 +57,20 @@ pub fn header(kind: tracer_common::EventKind, tgid: u32) -> tracer_common::Event
 
 /// Sends one fixed-size record, counting it when the ring buffer is full.
 pub fn emit<T: 'static>(record: T) {
+    submit(record, wakeup_flags());
+}
+
+/// [`emit`] for rare records the daemon must act on at once (a process to
+/// trace before it serves): wakes it whatever is waiting.
+pub fn emit_now<T: 'static>(record: T) {
+    submit(record, aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP as u64);
+}
+
+fn submit<T: 'static>(record: T, flags: u64) {
     match EVENTS.reserve::<T>(0) {
         Some(mut entry) => {
             entry.write(record);
-            entry.submit(wakeup_flags());
+            entry.submit(flags);
         }
         None => count(KernelCounter::RingBufferFull),
     }

@@ -125,7 +125,10 @@ impl Assembler {
                 }
             }
             Event::Data(data) => self.handle_data(data, done),
-            Event::TaskFork { .. } | Event::TaskExit { .. } => {}
+            Event::TaskFork { .. }
+            | Event::TaskExit { .. }
+            | Event::ProcessExec { .. }
+            | Event::SocketListen { .. } => {}
         }
     }
 

@@ -3,6 +3,7 @@
 //! `OTEL_*` ones by [`otel_env`], flags first).
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
     time::Duration,
 };
 
@@ -11,6 +12,11 @@ use opentelemetry::KeyValue;
 use opentelemetry_sdk::Resource;
 
 use crate::{
+    discovery::{
+        config_file::{self, ConfigFileError},
+        resource::ResourceBase,
+        selector::{self, ExePattern, PortRange, Selector, ServiceSpec},
+    },
     kernel::probes::ProbeChoice,
     proctree,
     telemetry::{
@@ -27,16 +33,56 @@ const DEFAULT_STATS_INTERVAL: u64 = 10;
 #[command(
     version,
     subcommand_negates_reqs = true,
-    about = "Trace every HTTP request of a process tree with eBPF and export OTLP spans"
+    about = "Trace every HTTP request of the selected processes with eBPF and export OTLP spans"
 )]
 pub struct Args {
     #[command(subcommand)]
     pub command: Option<Command>,
-    /// Process to trace with all its descendants, now and later (repeatable).
-    #[arg(long = "pid", value_name = "PID", required = true)]
+
+    // What to trace: the selectors of one service (or several, with
+    // --config). A process any of them selects is traced with all its
+    // descendants. With --pid alone the tracer stops when those trees are
+    // gone; with any other selector it waits for the next process.
+    /// Process to trace with all its descendants (repeatable).
+    #[arg(
+        long = "pid",
+        value_name = "PID",
+        env = "TRACER_PID",
+        value_delimiter = ','
+    )]
     pub pids: Vec<u32>,
-    /// `service.name` of the spans [default: the traced executable's name].
-    #[arg(long, env = "OTEL_SERVICE_NAME")]
+    /// Whatever listens on this port or range (8000, 8000-8010), now or later (repeatable).
+    #[arg(
+        long = "port",
+        value_name = "PORT",
+        env = "TRACER_PORT",
+        value_delimiter = ','
+    )]
+    pub ports: Vec<PortRange>,
+    /// Processes whose executable, script or command line matches this glob
+    /// (`gunicorn` matches `python .../gunicorn`), now or later (repeatable).
+    #[arg(
+        long = "exe",
+        value_name = "GLOB",
+        env = "TRACER_EXE",
+        value_delimiter = ','
+    )]
+    pub exes: Vec<ExePattern>,
+    /// Every process in this cgroup v2 (a directory under the mount, or a
+    /// path inside the hierarchy) or below it, now or later (repeatable).
+    #[arg(long = "cgroup", value_name = "PATH", env = "TRACER_CGROUP", value_delimiter = ',', value_parser = selector::cgroup_selector)]
+    pub cgroups: Vec<Selector>,
+    /// Every process of this systemd unit (`web` is `web.service`), now or later (repeatable).
+    #[arg(long = "systemd-unit", value_name = "UNIT", env = "TRACER_SYSTEMD_UNIT", value_delimiter = ',', value_parser = selector::unit_name)]
+    pub units: Vec<String>,
+    /// A YAML file listing services, each with its selectors and options
+    /// (docs/configuration.md); after the service of the flags above, if any.
+    #[arg(long, value_name = "FILE", env = "TRACER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// `service.name` of the service the flags select [default:
+    /// OTEL_SERVICE_NAME when one service is traced, else the systemd unit,
+    /// else the executable's name].
+    #[arg(long, env = "TRACER_SERVICE_NAME")]
     pub service_name: Option<String>,
     /// OTLP collector endpoint, or `none` to export nothing; over
     /// OTEL_EXPORTER_OTLP_ENDPOINT and the per-signal variables
@@ -51,7 +97,7 @@ pub struct Args {
     #[arg(long, value_enum)]
     pub print: Option<PrintFormat>,
     /// Keep query strings in `url.path` (they may hold secrets: off by default).
-    #[arg(long)]
+    #[arg(long, env = "TRACER_KEEP_QUERY_STRING")]
     pub keep_query_string: bool,
     /// Kernel hook set: auto picks the cheapest this kernel accepts
     /// (fentry, then tracepoints, then kprobes).
@@ -111,48 +157,92 @@ pub enum PrintFormat {
 
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub pids: Vec<u32>,
+    /// In order: a process is traced under the first that selects it.
+    pub services: Vec<ServiceSpec>,
+    pub resource_base: ResourceBase,
     pub probes: ProbeChoice,
-    pub keep_query: bool,
     pub export: ExportConfig,
     pub stats_interval: Duration,
     /// Where the Prometheus endpoint listens; `None`: no endpoint.
     pub prometheus: Option<SocketAddr>,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Setting(#[from] InvalidSetting),
+    #[error(transparent)]
+    File(#[from] ConfigFileError),
+    #[error(
+        "nothing to trace: give --pid, --port, --exe, --cgroup, --systemd-unit or --config (see --help)"
+    )]
+    NothingToTrace,
+}
+
 impl Args {
-    pub fn into_config(self) -> Result<Config, InvalidSetting> {
+    pub fn into_config(self) -> Result<Config, ConfigError> {
         self.resolve(|name| {
             std::env::var_os(name).map(|value| value.to_string_lossy().into_owned())
         })
     }
 
+    /// The service the selector flags make, if they select anything.
+    fn flag_service(&mut self) -> Option<ServiceSpec> {
+        let selectors: Vec<Selector> = (self.pids.iter().map(|&pid| Selector::Pid(pid)))
+            .chain(self.ports.iter().map(|&range| Selector::Ports(range)))
+            .chain(self.exes.drain(..).map(Selector::Exe))
+            .chain(self.cgroups.drain(..))
+            .chain(self.units.drain(..).map(Selector::Unit))
+            .collect();
+        (!selectors.is_empty()).then(|| ServiceSpec {
+            name: self.service_name.take(),
+            selectors,
+            keep_query: self.keep_query_string,
+            routes: self.routes.clone(),
+        })
+    }
+
     /// [`Args::into_config`] with the environment read through `lookup`.
-    fn resolve(self, lookup: impl Fn(&str) -> Option<String>) -> Result<Config, InvalidSetting> {
+    fn resolve(mut self, lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let stats_interval = self.stats_interval.map(Duration::from_secs);
         let flags = Flags {
             endpoint: self.otlp_endpoint.as_deref(),
             protocol: self.otlp_protocol,
             metric_interval: stats_interval,
         };
-        let otel = otel_env::resolve(&flags, lookup)?;
-        let root = self.pids.first().copied().unwrap_or_default();
-        // --service-name or OTEL_SERVICE_NAME, then OTEL_RESOURCE_ATTRIBUTES,
-        // as the specification orders them.
-        let service_name = self
-            .service_name
-            .or_else(|| {
-                otel.resource_attributes
-                    .iter()
-                    .find(|attribute| attribute.key.as_str() == "service.name")
-                    .map(|attribute| attribute.value.to_string())
+        let otel = otel_env::resolve(&flags, &lookup)?;
+        let mut services: Vec<ServiceSpec> = self.flag_service().into_iter().collect();
+        if let Some(path) = &self.config {
+            services.extend(config_file::load(path)?);
+        }
+        if services.is_empty() {
+            return Err(ConfigError::NothingToTrace);
+        }
+        // OTEL_SERVICE_NAME, then OTEL_RESOURCE_ATTRIBUTES, as the
+        // specification orders them; for one service only.
+        let env_service_name = (services.len() == 1)
+            .then(|| {
+                lookup("OTEL_SERVICE_NAME").or_else(|| {
+                    otel.resource_attributes
+                        .iter()
+                        .find(|attribute| attribute.key.as_str() == "service.name")
+                        .map(|attribute| attribute.value.to_string())
+                })
             })
+            .flatten();
+        let resource_base =
+            ResourceBase::from_host(otel.resource_attributes.clone(), env_service_name.clone());
+        let root = self.pids.first().copied().unwrap_or_default();
+        let service_name = services[0]
+            .name
+            .clone()
+            .or(env_service_name)
             .or_else(|| proctree::command_name(root))
             .unwrap_or_else(|| "unknown_service".into());
         // OTEL_RESOURCE_ATTRIBUTES overrides what the tracer detects.
         let resource = Resource::builder_empty()
             .with_attributes([
-                KeyValue::new("host.name", host_name()),
+                KeyValue::new("host.name", resource_base.host_name.clone()),
                 KeyValue::new("process.pid", i64::from(root)),
                 KeyValue::new("telemetry.sdk.name", "tracer"),
                 KeyValue::new("telemetry.sdk.language", "rust"),
@@ -162,10 +252,11 @@ impl Args {
             .with_service_name(service_name)
             .build();
         let stats_interval = stats_interval.unwrap_or(Duration::from_secs(DEFAULT_STATS_INTERVAL));
+        let route_patterns = services[0].routes.clone();
         Ok(Config {
-            pids: self.pids,
+            services,
+            resource_base,
             probes: self.probes,
-            keep_query: self.keep_query_string,
             export: ExportConfig {
                 otlp: otel.otlp,
                 sampler: otel.sampler,
@@ -174,7 +265,7 @@ impl Args {
                 queue_capacity: self.queue_size as usize,
                 metric_interval: otel.metric_interval.unwrap_or(stats_interval),
                 routes: RouteConfig {
-                    patterns: self.routes,
+                    patterns: route_patterns,
                     unmatched: self.unmatched_route,
                     collapse_children: self.route_collapse_children as usize,
                     route_limit: self.route_limit as usize,
@@ -189,12 +280,6 @@ impl Args {
     }
 }
 
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|name| name.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,7 +289,7 @@ mod tests {
     }
 
     /// Resolves with only the variables given, none of the process's.
-    fn config(args: &[&str], vars: &[(&str, &str)]) -> Result<Config, InvalidSetting> {
+    fn config(args: &[&str], vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let args = parse(args).expect("valid arguments");
         args.resolve(|name| {
             vars.iter()
@@ -223,7 +308,10 @@ mod tests {
 
     #[test]
     fn validates_input() {
-        assert!(parse(&[]).is_err(), "a pid is required");
+        assert!(
+            matches!(config(&[], &[]), Err(ConfigError::NothingToTrace)),
+            "a selector is required"
+        );
         assert!(parse(&["--pid", "-3"]).is_err());
         assert!(parse(&["--pid", "1", "--otlp-protocol", "carrier-pigeon"]).is_err());
         assert!(parse(&["--pid", "1", "--queue-size", "0"]).is_err());

@@ -1,8 +1,14 @@
-//! The daemon: checks what it needs, loads the programs, seeds the traced
-//! tree, then reads the ring buffer until a signal or until the whole traced
-//! tree has exited. Killing it at any point leaves the traced service as it
-//! was: the programs only read, and the kernel detaches them with our fds.
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+//! The daemon: checks what it needs, loads the programs, traces the
+//! processes the selectors select now, then reads the ring buffer (which
+//! also tells of new processes to trace) until a signal, or, with `--pid`
+//! alone, until the traced trees have exited. Killing it at any point
+//! leaves the traced services as they were: the programs only read, and the
+//! kernel detaches them with our fds.
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::{
@@ -14,6 +20,10 @@ use tokio::{
 use crate::{
     assembly::{Assembler, CompletedRequest},
     cli::Config,
+    discovery::{
+        process::ProcessInfo,
+        registry::{DEPARTED_GRACE, Registry},
+    },
     events::{self, Event},
     exit::Exit,
     kernel::{
@@ -25,6 +35,7 @@ use crate::{
     telemetry::{
         clock::Clock,
         exporter,
+        instance::Instance,
         otlp::ExporterSetupError,
         prometheus::{self, ListenError},
     },
@@ -96,8 +107,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     if !privileges::can_trace(capabilities) {
         return Err(DaemonError::NotPermitted(capabilities));
     }
-    if let Some(&missing) = config.pids.iter().find(|&&pid| !proctree::is_alive(pid)) {
-        return Err(DaemonError::NoSuchPid(missing));
+    let registry = Registry::new(config.services.clone(), config.resource_base.clone());
+    if registry.only_pids() {
+        let pids = config.services.iter().flat_map(|service| service.pids());
+        if let Some(missing) = pids.into_iter().find(|&pid| !proctree::is_alive(pid)) {
+            return Err(DaemonError::NoSuchPid(missing));
+        }
     }
     let stats = Arc::new(Stats::default());
     // Bound before anything is loaded, so a port in use fails at once.
@@ -112,12 +127,16 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             warn_if_unreachable(endpoint).await;
         }
     }
+    let watch_execs = config
+        .services
+        .iter()
+        .any(|service| service.watches_execs());
     let loader::Loaded {
-        mut kernel,
+        kernel,
         events: ring,
         probe_set,
         refused,
-    } = loader::load(config.probes)?;
+    } = loader::load(config.probes, watch_execs)?;
     for reason in &refused {
         log::info!("probe set refused by this kernel: {reason}");
     }
@@ -130,22 +149,28 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             "the cheapest this kernel accepts".to_owned()
         }
     );
-    // Programs are attached first, so a fork from now on is followed in the
-    // kernel; then the tree as it is now is seeded.
-    let mut tree = proctree::tree_of(&config.pids);
-    for &pid in &tree {
-        kernel.trace_task(pid)?;
-    }
-    let mut ports = refresh_ports(&mut kernel, &tree, &BTreeSet::new())?;
+    // Programs are attached first, so a fork, exec or listen from now on is
+    // seen in the kernel; then what runs now is found in /proc.
+    let mut selection = Selection {
+        kernel,
+        registry,
+        idle_said: false,
+    };
+    selection.start()?;
+    let mut ports = refresh_ports(
+        &mut selection.kernel,
+        &selection.registry.tasks(),
+        &BTreeSet::new(),
+    )?;
     log::info!(
-        "tracing {} processes {:?} with {}, listening on ports {:?}",
-        tree.len(),
-        tree,
+        "tracing {} processes with {}, listening on ports {:?}",
+        selection.registry.tasks().len(),
         probe_set.name(),
         ports
     );
     // The one readiness signal: systemd's `Type=notify` and the harness wait
-    // for it (programs attached, tree seeded); without NOTIFY_SOCKET a no-op.
+    // for it (programs attached, running processes traced); without
+    // NOTIFY_SOCKET a no-op.
     notify(sd_notify::NotifyState::Ready);
 
     let clock = Clock::new();
@@ -161,7 +186,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         context: "polling the ring buffer",
         source: err.into(),
     })?;
-    let mut assembler = Assembler::new(config.keep_query);
+    // Query strings are cut per service, when requests leave (see `send`).
+    let keep_any_query = config.services.iter().any(|service| service.keep_query);
+    let mut assembler = Assembler::new(keep_any_query);
     let mut done = Vec::new();
     let mut sigint = signal(SignalKind::interrupt()).map_err(io("installing SIGINT handler"))?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(io("installing SIGTERM handler"))?;
@@ -178,11 +205,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.map_err(io("waiting for the ring buffer"))?;
-                tree_changed |= read_events(guard.get_inner_mut(), &mut assembler, &mut tree, &stats, &mut done);
+                tree_changed |= read_events(guard.get_inner_mut(), &mut assembler, &mut selection, &stats, &mut done);
                 guard.clear_ready();
             }
             _ = &mut drain => {
-                tree_changed |= read_events(ring.get_mut(), &mut assembler, &mut tree, &stats, &mut done);
+                tree_changed |= read_events(ring.get_mut(), &mut assembler, &mut selection, &stats, &mut done);
                 let rate = done.len() as f64 / drain_period.as_secs_f64();
                 drain_period = if rate >= BUSY_REQUESTS_PER_SECOND {
                     BUSY_DRAIN_INTERVAL
@@ -198,38 +225,45 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                     now.saturating_sub(FORGET_CONNECTION.as_nanos() as u64),
                     &mut done,
                 );
-                tree.retain(|&pid| proctree::is_alive(pid));
-                if let Some(endpoint) = &prometheus {
-                    endpoint.set_traced_processes(tree.len());
-                }
-                if tree.is_empty() {
-                    log::info!("every traced process has exited; stopping");
+                // Requests finished by the sweep are attributed before
+                // their departed tasks can be forgotten.
+                send(&export.queue, &mut done, &selection.registry, &stats);
+                if selection.tick() {
                     break;
+                }
+                if let Some(endpoint) = &prometheus {
+                    endpoint.set_traced_processes(selection.registry.tasks().len());
                 }
                 ticks_since_rescan += 1;
                 if tree_changed || ticks_since_rescan >= PORT_RESCAN_TICKS {
-                    ports = refresh_ports(&mut kernel, &tree, &ports)?;
+                    ports = refresh_ports(&mut selection.kernel, &selection.registry.tasks(), &ports)?;
                     ticks_since_rescan = 0;
                     tree_changed = false;
                 }
             }
             _ = report.tick() => {
-                stats.set_kernel(kernel.counters());
+                stats.set_kernel(selection.kernel.counters());
                 stats.set_assembly(assembler.counters);
                 log::info!("{} open_connections={}", stats.summary(), assembler.open_connections());
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
-        send(&export.queue, &mut done, &stats);
+        send(&export.queue, &mut done, &selection.registry, &stats);
     }
 
     // Finish what is pending and flush it.
     notify(sd_notify::NotifyState::Stopping);
-    let _ = read_events(ring.get_mut(), &mut assembler, &mut tree, &stats, &mut done);
+    let _ = read_events(
+        ring.get_mut(),
+        &mut assembler,
+        &mut selection,
+        &stats,
+        &mut done,
+    );
     assembler.drain(&mut done);
-    send(&export.queue, &mut done, &stats);
-    stats.set_kernel(kernel.counters());
+    send(&export.queue, &mut done, &selection.registry, &stats);
+    stats.set_kernel(selection.kernel.counters());
     stats.set_assembly(assembler.counters);
     drop(export.queue);
     if tokio::time::timeout(EXPORT_DRAIN, export.task)
@@ -240,6 +274,179 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
     log::info!("stopped: {}", stats.summary());
     Ok(())
+}
+
+/// The traced processes: the kernel's task map and the registry of
+/// instances, changed together.
+struct Selection {
+    kernel: KernelSide,
+    registry: Registry,
+    /// Whether "no selected process is running" was said since the last
+    /// process was traced.
+    idle_said: bool,
+}
+
+impl Selection {
+    /// Watches the selectors' ports, then traces what runs now: each
+    /// selected process that no selected process is an ancestor of, as an
+    /// instance of the first service that selects it.
+    fn start(&mut self) -> Result<(), DaemonError> {
+        let ports: BTreeSet<u16> = self
+            .registry
+            .services()
+            .iter()
+            .flat_map(|service| service.ports())
+            .collect();
+        self.kernel.watch_ports(ports.iter().copied())?;
+        let listeners = if ports.is_empty() {
+            HashMap::new()
+        } else {
+            proctree::listeners_on(&ports)
+        };
+        let own = std::process::id();
+        let mut parents = HashMap::new();
+        let mut selected = BTreeMap::new();
+        for pid in proctree::all_pids().filter(|&pid| pid != own) {
+            let Some(process) = ProcessInfo::read(pid) else {
+                continue;
+            };
+            if let Some(parent) = process.parent {
+                parents.insert(pid, parent);
+            }
+            let services = self
+                .registry
+                .select(&process, listeners.get(&pid).unwrap_or(&BTreeSet::new()));
+            if !services.is_empty() {
+                selected.insert(pid, (process, services));
+            }
+        }
+        let has_selected_ancestor = |pid: u32| {
+            let mut ancestor = parents.get(&pid);
+            while let Some(&above) = ancestor {
+                if selected.contains_key(&above) {
+                    return true;
+                }
+                ancestor = parents.get(&above);
+            }
+            false
+        };
+        let roots: Vec<u32> = selected
+            .keys()
+            .copied()
+            .filter(|&pid| !has_selected_ancestor(pid))
+            .collect();
+        for pid in roots {
+            let (process, services) = &selected[&pid];
+            self.adopt(process, services)?;
+        }
+        for (index, service) in self.registry.services().iter().enumerate() {
+            let traced = self.registry.tasks().iter().any(|&task| {
+                self.registry
+                    .instance_of(task)
+                    .is_some_and(|instance| instance.service == index)
+            });
+            if !traced {
+                log::warn!(
+                    "service #{} ({}): no running process matches its selectors yet; waiting for one",
+                    index + 1,
+                    service.name.as_deref().unwrap_or("unnamed"),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Traces `root` and its descendants as a new instance of the first of
+    /// `services` (all of which select it).
+    fn adopt(
+        &mut self,
+        root: &ProcessInfo,
+        services: &[usize],
+    ) -> Result<Arc<Instance>, DaemonError> {
+        self.kernel.trace_task(root.pid)?;
+        let instance = self.registry.adopt(services[0], root);
+        // The root is in the kernel's map: what it forks from now on is
+        // followed there, and what it forked before is in /proc already.
+        for pid in proctree::tree_of(&[root.pid]) {
+            self.kernel.trace_task(pid)?;
+            self.registry.join(pid, &instance);
+        }
+        let name = self.registry.service_name(&instance);
+        log::info!(
+            "tracing pid {} ({}) and its descendants as service {name:?}",
+            root.pid,
+            root.comm
+        );
+        if services.len() > 1 {
+            log::info!(
+                "pid {} is selected by {} services; it is traced once, as {name:?}, the first",
+                root.pid,
+                services.len()
+            );
+        }
+        self.idle_said = false;
+        Ok(instance)
+    }
+
+    /// A process replaced its image: a new one may be selected, and a
+    /// traced root is renamed after what it became.
+    fn on_exec(&mut self, tgid: u32) {
+        // A short-lived process may be gone already: nothing to trace.
+        let Some(process) = ProcessInfo::read(tgid) else {
+            return;
+        };
+        if !self.registry.is_traced(tgid) {
+            self.adopt_if_selected(&process, &BTreeSet::new());
+        } else if let Some(instance) = self.registry.renew(&process) {
+            log::info!(
+                "pid {tgid} became {}: traced as service {:?}",
+                process.comm,
+                self.registry.service_name(&instance)
+            );
+        }
+    }
+
+    /// A socket entered LISTEN in a traced process, or on a watched port
+    /// (the kernel traces that process already).
+    fn on_listen(&mut self, tgid: u32, port: u16) {
+        if self.registry.is_traced(tgid) {
+            return;
+        }
+        if let Some(process) = ProcessInfo::read(tgid) {
+            self.adopt_if_selected(&process, &BTreeSet::from([port]));
+        }
+    }
+
+    fn adopt_if_selected(&mut self, process: &ProcessInfo, ports: &BTreeSet<u16>) {
+        let services = self.registry.select(process, ports);
+        if services.is_empty() {
+            return;
+        }
+        if let Err(err) = self.adopt(process, &services) {
+            log::warn!("cannot trace pid {} ({}): {err}", process.pid, process.comm);
+        }
+    }
+
+    /// Once a second: forgets what exited; says whether the daemon is done
+    /// (selected by pid alone, and every traced process has exited).
+    fn tick(&mut self) -> bool {
+        let now = Instant::now();
+        self.registry.depart_dead(proctree::is_alive, now);
+        // Retired instances need nothing more until the exporter frees them.
+        let _retired = self.registry.forget_departed(now - DEPARTED_GRACE);
+        if !self.registry.is_empty() {
+            return false;
+        }
+        if self.registry.only_pids() {
+            log::info!("every traced process has exited; stopping");
+            return true;
+        }
+        if !self.idle_said {
+            log::info!("no selected process is running; waiting for one to start");
+            self.idle_said = true;
+        }
+        false
+    }
 }
 
 /// Tells the supervisor, if any, how the daemon stands; a failure only
@@ -254,7 +461,7 @@ fn notify(state: sd_notify::NotifyState) {
 fn read_events(
     ring: &mut RingBuf<MapData>,
     assembler: &mut Assembler,
-    tree: &mut BTreeSet<u32>,
+    selection: &mut Selection,
     stats: &Stats,
     done: &mut Vec<CompletedRequest>,
 ) -> bool {
@@ -263,11 +470,20 @@ fn read_events(
         match events::decode(&record) {
             Ok(event) => {
                 match event {
-                    Event::TaskFork { child } => {
-                        tree_changed |= tree.insert(child);
+                    Event::TaskFork { parent, child } => {
+                        if let Some(instance) = selection.registry.instance_of(parent).cloned() {
+                            selection.registry.join(child, &instance);
+                            tree_changed = true;
+                        }
                     }
                     Event::TaskExit { task, .. } => {
-                        tree_changed |= tree.remove(&task);
+                        selection.registry.depart(task, Instant::now());
+                        tree_changed = true;
+                    }
+                    Event::ProcessExec { tgid } => selection.on_exec(tgid),
+                    Event::SocketListen { tgid, port } => {
+                        selection.on_listen(tgid, port);
+                        tree_changed = true;
                     }
                     _ => {}
                 }
@@ -286,14 +502,23 @@ fn read_events(
     tree_changed
 }
 
+/// Hands finished requests to the export queue, each with its instance.
 fn send(
     queue: &tokio::sync::mpsc::Sender<CompletedRequest>,
     done: &mut Vec<CompletedRequest>,
+    registry: &Registry,
     stats: &Stats,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
-    for request in done.drain(..) {
+    for mut request in done.drain(..) {
         stats.requests.fetch_add(1, Relaxed);
+        let Some(instance) = registry.instance_of(request.tgid) else {
+            stats.unattributed.fetch_add(1, Relaxed);
+            continue;
+        };
+        if !registry.services()[instance.service].keep_query {
+            request.request.strip_query();
+        }
         match queue.try_send(request) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Closed(_)) => {

@@ -3,7 +3,7 @@
 //! error the caller counts and skips.
 use tracer_common::{
     CAPTURE_LEN, ConnEvent, ConnMeta, DIRECTION_RECV, DIRECTION_SEND, DataEvent, EventHeader,
-    EventKind, TaskEvent,
+    EventKind, ListenEvent, TaskEvent,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,11 +42,21 @@ pub enum Event<'a> {
         timestamp_ns: u64,
     },
     TaskFork {
+        /// The forking process.
+        parent: u32,
         child: u32,
     },
     TaskExit {
         tgid: u32,
         task: u32,
+    },
+    /// A process not yet traced replaced its image.
+    ProcessExec {
+        tgid: u32,
+    },
+    SocketListen {
+        tgid: u32,
+        port: u16,
     },
 }
 
@@ -114,15 +124,25 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
                 }
             })
         }
-        EventKind::TaskFork | EventKind::TaskExit => {
+        EventKind::TaskFork | EventKind::TaskExit | EventKind::ProcessExec => {
             let event: TaskEvent = read_exact(record, kind)?;
-            Ok(if kind == EventKind::TaskFork {
-                Event::TaskFork { child: event.task }
-            } else {
-                Event::TaskExit {
+            Ok(match kind {
+                EventKind::TaskFork => Event::TaskFork {
+                    parent: header.tgid,
+                    child: event.task,
+                },
+                EventKind::TaskExit => Event::TaskExit {
                     tgid: header.tgid,
                     task: event.task,
-                }
+                },
+                _ => Event::ProcessExec { tgid: header.tgid },
+            })
+        }
+        EventKind::SocketListen => {
+            let event: ListenEvent = read_exact(record, kind)?;
+            Ok(Event::SocketListen {
+                tgid: header.tgid,
+                port: event.port,
             })
         }
     }

@@ -83,17 +83,25 @@ fn request_head(
     keep_query: bool,
 ) -> Option<RequestHead> {
     let target = request.path?;
-    let path = if keep_query {
-        target
-    } else {
-        target.split(['?', '#']).next().unwrap_or(target)
-    };
-    Some(RequestHead {
+    let mut head = RequestHead {
         method: request.method?.to_owned(),
-        path: path.to_owned(),
+        path: target.to_owned(),
         minor_version: request.version?,
         head_len,
-    })
+    };
+    if !keep_query {
+        head.strip_query();
+    }
+    Some(head)
+}
+
+impl RequestHead {
+    /// Cuts the query string (and fragment) off the path.
+    pub fn strip_query(&mut self) {
+        if let Some(end) = self.path.find(['?', '#']) {
+            self.path.truncate(end);
+        }
+    }
 }
 
 /// The status line alone, for a head cut short by the capture size: the

@@ -6,6 +6,8 @@ pub mod assembly;
 pub mod cli;
 #[cfg(feature = "daemon")]
 pub mod daemon;
+#[cfg(feature = "daemon")]
+pub mod discovery;
 pub mod events;
 pub mod exit;
 pub mod http;

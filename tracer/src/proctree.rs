@@ -42,7 +42,8 @@ pub fn command_name(pid: u32) -> Option<String> {
         .map(|name| name.trim().to_owned())
 }
 
-fn all_pids() -> impl Iterator<Item = u32> {
+/// Every process of the host.
+pub fn all_pids() -> impl Iterator<Item = u32> {
     fs::read_dir("/proc")
         .into_iter()
         .flatten()
@@ -97,20 +98,55 @@ fn socket_inode(link: &str) -> Option<u64> {
         .ok()
 }
 
-/// Parses `/proc/net/tcp` lines: `sl local rem st ... uid timeout inode`.
 fn listening_in_table(text: &str, inodes: &HashSet<u64>) -> Vec<u16> {
-    const LISTEN: &str = "0A";
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let (local, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
-            if *state != LISTEN || !inodes.contains(&inode.parse().ok()?) {
-                return None;
-            }
-            u16::from_str_radix(local.rsplit_once(':')?.1, 16).ok()
-        })
+    listening_sockets(text)
+        .filter(|(inode, _)| inodes.contains(inode))
+        .map(|(_, port)| port)
         .collect()
+}
+
+/// Parses `/proc/net/tcp` lines (`sl local rem st ... uid timeout inode`)
+/// into the inode and local port of each socket in LISTEN state.
+fn listening_sockets(text: &str) -> impl Iterator<Item = (u64, u16)> + '_ {
+    const LISTEN: &str = "0A";
+    text.lines().skip(1).filter_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (local, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
+        if *state != LISTEN {
+            return None;
+        }
+        let port = u16::from_str_radix(local.rsplit_once(':')?.1, 16).ok()?;
+        Some((inode.parse().ok()?, port))
+    })
+}
+
+/// The processes of this network namespace listening on any of `ports`,
+/// with the ports each holds (a forked server's workers share its socket).
+pub fn listeners_on(ports: &BTreeSet<u16>) -> HashMap<u32, BTreeSet<u16>> {
+    let mut wanted = HashMap::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        if let Ok(text) = fs::read_to_string(table) {
+            wanted.extend(listening_sockets(&text).filter(|(_, port)| ports.contains(port)));
+        }
+    }
+    let mut listeners: HashMap<u32, BTreeSet<u16>> = HashMap::new();
+    if wanted.is_empty() {
+        return listeners;
+    }
+    for pid in all_pids() {
+        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let inode = fs::read_link(fd.path())
+                .ok()
+                .and_then(|target| socket_inode(&target.to_string_lossy()));
+            if let Some(port) = inode.and_then(|inode| wanted.get(&inode)) {
+                listeners.entry(pid).or_default().insert(*port);
+            }
+        }
+    }
+    listeners
 }
 
 #[cfg(test)]
@@ -125,6 +161,8 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         assert!(listening_ports(&BTreeSet::from([me])).contains(&port));
+        let listeners = listeners_on(&BTreeSet::from([port]));
+        assert_eq!(listeners.get(&me), Some(&BTreeSet::from([port])));
     }
 
     #[test]

@@ -59,11 +59,14 @@ pub enum DropReason {
     /// A request dropped by the exporter: the oldest beyond `--queue-size`
     /// while the collector is away, or still held at shutdown.
     ExportDropped,
+    /// A request of a process the daemon could not place in a service (its
+    /// selection was lost with a full ring buffer, or it exited long ago).
+    Unattributed,
 }
 
 impl DropReason {
     /// Every reason, in the order they are exported and logged.
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         Self::RingBufferFull,
         Self::CaptureFailed,
         Self::ConnectionTableFull,
@@ -77,6 +80,7 @@ impl DropReason {
         Self::RequestWithoutResponse,
         Self::ExportQueueFull,
         Self::ExportDropped,
+        Self::Unattributed,
     ];
 
     /// The exported `reason` attribute value.
@@ -95,6 +99,7 @@ impl DropReason {
             Self::RequestWithoutResponse => "request_without_response",
             Self::ExportQueueFull => "export_queue_full",
             Self::ExportDropped => "export_dropped",
+            Self::Unattributed => "unattributed_request",
         }
     }
 
@@ -107,7 +112,8 @@ impl DropReason {
             | Self::UnparseableRequest
             | Self::RequestWithoutResponse
             | Self::ExportQueueFull
-            | Self::ExportDropped => true,
+            | Self::ExportDropped
+            | Self::Unattributed => true,
             Self::RingBufferFull
             | Self::CaptureFailed
             | Self::ConnectionTableFull
@@ -173,6 +179,7 @@ pub struct Stats {
     pub export_dropped: AtomicU64,
     pub queue_full: AtomicU64,
     pub bad_records: AtomicU64,
+    pub unattributed: AtomicU64,
     kernel: [AtomicU64; KERNEL_COUNTERS as usize],
     unparseable_requests: AtomicU64,
     unparseable_responses: AtomicU64,
@@ -225,6 +232,7 @@ impl Stats {
             DropReason::RequestWithoutResponse => self.requests_without_response.load(Relaxed),
             DropReason::ExportQueueFull => self.queue_full.load(Relaxed),
             DropReason::ExportDropped => self.export_dropped.load(Relaxed),
+            DropReason::Unattributed => self.unattributed.load(Relaxed),
         }
     }
 

@@ -10,5 +10,6 @@ mod overload;
 mod prometheus;
 mod robustness;
 mod routes;
+mod selection;
 mod spans;
 mod support;

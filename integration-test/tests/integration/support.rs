@@ -48,16 +48,21 @@ fn release_bin(variable: &str, name: &str) -> PathBuf {
 
 /// gunicorn serving the Flask app, untraced by the harness itself.
 pub async fn start_app(worker_class: WorkerClass, extra_args: &[&str]) -> App {
+    let mut options = app_options();
+    options.worker_class = worker_class;
+    options.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
+    App::start(&options).await.expect("gunicorn starts")
+}
+
+/// The bare app's options, to adjust before [`App::start`].
+pub fn app_options() -> AppOptions {
     let root = workspace_root();
-    let mut options = AppOptions::new(
+    AppOptions::new(
         Config::Bare,
         root.join("harness/app"),
         root.join(".venv"),
         String::new(),
-    );
-    options.worker_class = worker_class;
-    options.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
-    App::start(&options).await.expect("gunicorn starts")
+    )
 }
 
 pub async fn start_sink() -> Sink {
@@ -86,14 +91,30 @@ impl Tracer {
 
     /// [`Tracer::start`] with more command-line arguments.
     pub fn start_with(pid: u32, sink: &Sink, service: &str, extra_args: &[&str]) -> Tracer {
+        let pid = pid.to_string();
+        let selection = [&["--pid", &pid, "--service-name", service][..], extra_args].concat();
+        Self::select(sink, &selection)
+    }
+
+    /// The tracer with these selectors and options, exporting to `sink`.
+    pub fn select(sink: &Sink, args: &[&str]) -> Tracer {
         let mut command = Command::new(tracer_bin());
         command
-            .args(["--pid", &pid.to_string(), "--service-name", service])
             .args(["--otlp-endpoint", &format!("http://{}", sink.grpc_addr())])
             .args(["--stats-interval", "1"])
             .args(probe_set_override())
-            .args(extra_args);
+            .args(args);
         Tracer(launch(command))
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        self.0.log().join("\n")
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
     }
 
     /// Resident memory in KiB: (now, peak).

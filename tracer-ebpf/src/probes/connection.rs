@@ -2,6 +2,9 @@
 //! every TCP state change on the host (often in softirq context, so it cannot
 //! filter on the current process): it does one map lookup and leaves.
 //!
+//! - -> LISTEN, in the listening process: a traced process's port becomes
+//!   a listening port at once, and a process listening on a watched port
+//!   (`--port`) becomes traced, before its first connection.
 //! - SYN_RECV -> ESTABLISHED on a port the traced tree listens on: remember
 //!   when the handshake completed, which is before `accept` returns; the
 //!   difference is the time the request waited in the accept queue.
@@ -13,13 +16,17 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use tracer_common::{
-    AF_INET, ConnEvent, ConnMeta, ConnState, EventKind, IPPROTO_TCP, KernelCounter, TCP_CLOSE,
-    TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_LAST_ACK, TCP_SYN_RECV,
+    AF_INET, ConnEvent, ConnMeta, ConnState, EventKind, IPPROTO_TCP, KernelCounter, ListenEvent,
+    TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_LAST_ACK, TCP_LISTEN,
+    TCP_SYN_RECV,
 };
 
 use crate::{
     config::config,
-    maps::{CONNECTIONS, LISTEN_PORTS, count, emit, header},
+    maps::{
+        CONNECTIONS, LISTEN_PORTS, TRACED_TASKS, WATCHED_PORTS, count, current_task, emit,
+        emit_now, header, is_traced,
+    },
 };
 
 /// Arguments (`TP_PROTO`): `const struct sock *sk, int oldstate, int newstate`.
@@ -42,6 +49,9 @@ fn try_on_state_change(ctx: &RawTracePointContext) -> Result<(), i32> {
     let new = ctx.arg::<u64>(2) as i32;
     // This runs for every state change of every TCP socket on the host:
     // decide on the states (free) before touching the socket or a map.
+    if new == TCP_LISTEN {
+        return on_listen(sock);
+    }
     if old == TCP_SYN_RECV && new == TCP_ESTABLISHED {
         let at = config().sock;
         let local_port: u16 = field(sock, at.local_port)?;
@@ -91,6 +101,35 @@ fn try_on_state_change(ctx: &RawTracePointContext) -> Result<(), i32> {
     if state.is_http != 0 {
         emit_conn_event(EventKind::ConnClose, state.owner_tgid, sock, &state);
     }
+    Ok(())
+}
+
+/// `listen()` runs in the listening process, so the current task is the owner.
+fn on_listen(sock: u64) -> Result<(), i32> {
+    let at = config().sock;
+    let protocol: u16 = field(sock, at.protocol)?;
+    if protocol != IPPROTO_TCP {
+        return Ok(());
+    }
+    let port: u16 = field(sock, at.local_port)?;
+    let (tgid, _) = current_task();
+    if !is_traced(tgid) {
+        // SAFETY: presence check only.
+        if unsafe { WATCHED_PORTS.get(port) }.is_none() {
+            return Ok(());
+        }
+        if TRACED_TASKS.insert(tgid, 1, 0).is_err() {
+            count(KernelCounter::TaskTableFull);
+            return Ok(());
+        }
+    }
+    // A full port table is the daemon's to report: its rescan fails loudly.
+    let _ = LISTEN_PORTS.insert(port, 1, 0);
+    emit_now(ListenEvent {
+        header: header(EventKind::SocketListen, tgid),
+        port,
+        _pad: [0; 6],
+    });
     Ok(())
 }
 

@@ -1,11 +1,12 @@
 //! Follows the process tree of the traced pids: children forked by a traced
-//! task become traced, exiting tasks are forgotten.
+//! task become traced, exiting tasks are forgotten; and, only while a
+//! selector needs it, tells the daemon of every exec on the host.
 use aya_ebpf::{helpers::bpf_probe_read_kernel, programs::RawTracePointContext};
 use tracer_common::{EventKind, KernelCounter, TaskEvent};
 
 use crate::{
     config::config,
-    maps::{TRACED_TASKS, count, current_task, emit, header, is_traced},
+    maps::{TRACED_TASKS, count, current_task, emit, emit_now, header, is_traced},
 };
 
 /// Raw `sched_process_fork`: `(struct task_struct *parent, struct task_struct *child)`.
@@ -35,6 +36,19 @@ pub fn on_exit() {
     }
     let _ = TRACED_TASKS.remove(tid);
     emit_task(EventKind::TaskExit, tgid, tid);
+}
+
+/// Raw `sched_process_exec`: the daemon matches the new image against the
+/// executable and cgroup selectors before the program can serve anything
+/// (and renames an instance whose root became another program). Attached
+/// only when such a selector is given.
+pub fn on_exec() {
+    let (tgid, _) = current_task();
+    emit_now(TaskEvent {
+        header: header(EventKind::ProcessExec, tgid),
+        task: tgid,
+        _pad: 0,
+    });
 }
 
 fn emit_task(kind: EventKind, tgid: u32, task: u32) {

@@ -99,7 +99,7 @@ pub fn run() -> Exit {
             ProbeSet::Fentry => ProbeChoice::Fentry,
             ProbeSet::Kprobes => ProbeChoice::Kprobes,
         };
-        let result = match loader::load(choice) {
+        let result = match loader::load(choice, true) {
             Ok(_) => Ok("loads and attaches".to_owned()),
             Err(loader::LoadError::NoProbeSet(reasons)) => Err(reasons.join("; ")),
             Err(err) => Err(err.to_string()),

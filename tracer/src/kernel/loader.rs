@@ -36,6 +36,7 @@ pub struct KernelSide {
     _ebpf: Ebpf,
     traced_tasks: HashMap<MapData, u32, u8>,
     listen_ports: HashMap<MapData, u16, u8>,
+    watched_ports: HashMap<MapData, u16, u8>,
     counters: PerCpuArray<MapData, u64>,
 }
 
@@ -50,8 +51,8 @@ pub struct Loaded {
 }
 
 /// Loads the programs and attaches the first candidate set of `choice` that
-/// this kernel accepts.
-pub fn load(choice: ProbeChoice) -> Result<Loaded, LoadError> {
+/// this kernel accepts, with the exec hook when `watch_execs`.
+pub fn load(choice: ProbeChoice, watch_execs: bool) -> Result<Loaded, LoadError> {
     let btf = Btf::from_sys_fs()?;
     let mut config = KernelConfig {
         task: task_offsets(&btf)?,
@@ -95,7 +96,7 @@ pub fn load(choice: ProbeChoice) -> Result<Loaded, LoadError> {
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &config, true)
             .load(OBJECT)?;
-        if let Err(err) = probe_set.attach(&mut ebpf, typed_btf, recvmsg) {
+        if let Err(err) = probe_set.attach(&mut ebpf, typed_btf, recvmsg, watch_execs) {
             log::debug!("probe set {} in full: {err}", probe_set.name());
             refused.push(format!("{}: {}", probe_set.name(), brief(&err)));
             continue;
@@ -118,12 +119,15 @@ impl KernelSide {
             .map_err(map_error("TRACED_TASKS"))?;
         let listen_ports = HashMap::try_from(take(&mut ebpf, "LISTEN_PORTS")?)
             .map_err(map_error("LISTEN_PORTS"))?;
+        let watched_ports = HashMap::try_from(take(&mut ebpf, "WATCHED_PORTS")?)
+            .map_err(map_error("WATCHED_PORTS"))?;
         let counters =
             PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?).map_err(map_error("COUNTERS"))?;
         let kernel = KernelSide {
             _ebpf: ebpf,
             traced_tasks,
             listen_ports,
+            watched_ports,
             counters,
         };
         Ok((kernel, events))
@@ -194,6 +198,16 @@ impl KernelSide {
             self.listen_ports
                 .insert(port, 1, 0)
                 .map_err(map_error("LISTEN_PORTS"))?;
+        }
+        Ok(())
+    }
+
+    /// Ports whose listeners the kernel starts tracing itself (`--port`).
+    pub fn watch_ports(&mut self, ports: impl IntoIterator<Item = u16>) -> Result<(), LoadError> {
+        for port in ports {
+            self.watched_ports
+                .insert(port, 1, 0)
+                .map_err(map_error("WATCHED_PORTS"))?;
         }
         Ok(())
     }

@@ -75,6 +75,13 @@ const COMMON: [Hook; 3] = [
     },
 ];
 
+/// Every exec of the host, for the selectors that match a new image
+/// (executable, cgroup, unit); attached only when one is given.
+const EXEC: Hook = Hook {
+    program: "sched_process_exec",
+    attach: Attach::RawTracepoint("sched_process_exec"),
+};
+
 const TRACEPOINT_DATA: [Hook; 2] = [
     Hook {
         program: "sock_recv_length",
@@ -168,8 +175,9 @@ impl ProbeSet {
     }
 
     /// Hooks in attach order; `recvmsg` is this kernel's form of
-    /// `tcp_recvmsg` (only the fentry set needs it).
-    pub fn hooks(self, recvmsg: RecvmsgForm) -> Vec<Hook> {
+    /// `tcp_recvmsg` (only the fentry set needs it); `watch_execs` adds the
+    /// exec hook.
+    pub fn hooks(self, recvmsg: RecvmsgForm, watch_execs: bool) -> Vec<Hook> {
         let fentry = [
             Hook {
                 program: recvmsg.program(),
@@ -182,7 +190,8 @@ impl ProbeSet {
             Self::Fentry => &fentry,
             Self::Kprobes => &KPROBE_DATA,
         };
-        COMMON.iter().chain(data).copied().collect()
+        let exec = watch_execs.then_some(&EXEC);
+        COMMON.iter().chain(exec).chain(data).copied().collect()
     }
 
     pub fn attach(
@@ -190,8 +199,9 @@ impl ProbeSet {
         ebpf: &mut Ebpf,
         btf: &Btf,
         recvmsg: RecvmsgForm,
+        watch_execs: bool,
     ) -> Result<(), AttachError> {
-        for hook in self.hooks(recvmsg) {
+        for hook in self.hooks(recvmsg, watch_execs) {
             let program = ebpf
                 .program_mut(hook.program)
                 .ok_or(AttachError::MissingProgram(hook.program))?;

@@ -3,6 +3,7 @@
 pub mod clock;
 pub mod delivery;
 pub mod exporter;
+pub mod instance;
 pub mod json;
 pub mod otel_env;
 pub mod otlp;
