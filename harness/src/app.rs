@@ -11,7 +11,7 @@
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -372,12 +372,20 @@ fn gunicorn_args(options: &AppOptions, addr: SocketAddr) -> Vec<String> {
 }
 
 /// `port`, checked to be free, or a free ephemeral port if 0.
-fn free_port(port: u16) -> Result<u16, AppError> {
-    match TcpListener::bind(("127.0.0.1", port)) {
-        Ok(listener) => listener
+/// `port` if it is free on 127.0.0.1 (any free one for 0). The check binds
+/// without listening: a listen would be seen by a tracer selecting that
+/// port, which would then trace this process.
+pub fn free_port(port: u16) -> Result<u16, AppError> {
+    use socket2::{Domain, Socket, Type};
+    let address = SocketAddr::from(([127, 0, 0, 1], port));
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(io_err("open a socket"))?;
+    match socket.bind(&address.into()) {
+        Ok(()) => socket
             .local_addr()
-            .map(|a| a.port())
-            .map_err(io_err("read a bound address")),
+            .ok()
+            .and_then(|bound| bound.as_socket())
+            .map(|bound| bound.port())
+            .ok_or_else(|| io_err("read a bound address")(io::Error::other("not an IP address"))),
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(AppError::PortInUse { port }),
         Err(e) => Err(io_err(format!("bind 127.0.0.1:{port}"))(e)),
     }
@@ -469,7 +477,7 @@ mod tests {
 
     #[test]
     fn port_in_use_is_reported() {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
         assert!(matches!(free_port(port), Err(AppError::PortInUse { .. })));
         assert_ne!(free_port(0).expect("free port"), 0);

@@ -5,7 +5,7 @@
 
 use std::{
     collections::BTreeSet,
-    net::{SocketAddr, TcpListener},
+    net::SocketAddr,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::Duration,
@@ -19,11 +19,9 @@ use crate::support::*;
 const REQUESTS: usize = 20;
 const SPANS_ARRIVE: Duration = Duration::from_secs(30);
 
+/// A free port, found without listening on it (see `harness::app::free_port`).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
+    harness::app::free_port(0).expect("a free port")
 }
 
 fn resource_str<'a>(span: &'a ReceivedSpan, key: &str) -> &'a str {
@@ -66,7 +64,13 @@ impl FileServer {
     async fn start(port: u16) -> FileServer {
         let python = workspace_root().join(".venv/bin/python");
         let child = Command::new(python)
-            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
             .current_dir(std::env::temp_dir())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -132,7 +136,10 @@ async fn wait_for_instance(sink: &harness::sink::Sink, pid: u32, n: usize) -> bo
 async fn a_port_selector_follows_a_service_through_restarts() {
     let sink = start_sink().await;
     let port = free_port();
-    let mut tracer = Tracer::select(&sink, &["--port", &port.to_string(), "--service-name", "shop"]);
+    let mut tracer = Tracer::select(
+        &sink,
+        &["--port", &port.to_string(), "--service-name", "shop"],
+    );
     assert!(
         tracer.log().contains("no running process matches"),
         "a selector that matches nothing yet is a warning: {}",
@@ -166,13 +173,21 @@ async fn a_port_selector_follows_a_service_through_restarts() {
     let spans = sink.spans();
     for master in masters {
         let mine = spans_of(&spans, master);
-        assert_eq!(mine.len(), REQUESTS, "one span per request of instance {master}");
+        assert_eq!(
+            mine.len(),
+            REQUESTS,
+            "one span per request of instance {master}"
+        );
         for span in &mine {
             assert_eq!(span.service, "shop");
             instances.insert(resource_str(span, "service.instance.id").to_owned());
         }
     }
-    assert_eq!(instances.len(), 3, "each instance has its own service.instance.id");
+    assert_eq!(
+        instances.len(),
+        3,
+        "each instance has its own service.instance.id"
+    );
     assert_eq!(
         spans.iter().filter(|span| span.kind == "SERVER").count(),
         3 * REQUESTS,
@@ -191,7 +206,11 @@ async fn exe_cgroup_and_unit_selectors_take_only_what_they_name() {
     let plain = TestCgroup::create("tracer-test-plain");
     let cases: [(&str, String, Option<PathBuf>); 3] = [
         ("--exe", "gunicorn".into(), None),
-        ("--cgroup", plain.0.display().to_string(), Some(plain.0.clone())),
+        (
+            "--cgroup",
+            plain.0.display().to_string(),
+            Some(plain.0.clone()),
+        ),
         ("--systemd-unit", unit_name.clone(), Some(unit.0.clone())),
     ];
     for (flag, value, cgroup) in cases {
@@ -260,7 +279,8 @@ async fn a_config_file_traces_two_services_without_mixing_them() {
     drop(files);
     assert!(tracer.stop().success());
     let spans = sink.spans();
-    for (pid, service, executable) in [(shop_pid, "shop", "python"), (files_pid, "files", "python")] {
+    for (pid, service, executable) in [(shop_pid, "shop", "python"), (files_pid, "files", "python")]
+    {
         let mine = spans_of(&spans, pid);
         assert_eq!(mine.len(), REQUESTS, "{service}");
         let ids: BTreeSet<&str> = mine
@@ -301,7 +321,10 @@ fn bad_selectors_and_config_files_are_clear_errors() {
 
     let config = std::env::temp_dir().join(format!("tracer-bad-{}.yaml", std::process::id()));
     for (text, expected) in [
-        ("services:\n  - name: a\n    prot: 8000\n", "unknown field `prot`"),
+        (
+            "services:\n  - name: a\n    prot: 8000\n",
+            "unknown field `prot`",
+        ),
         ("services:\n  - name: a\n    port: 99999\n", "99999"),
     ] {
         std::fs::write(&config, text).expect("write the config file");
