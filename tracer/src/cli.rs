@@ -15,6 +15,7 @@ use crate::{
     proctree,
     telemetry::{
         exporter::{ExportConfig, OtlpProtocol},
+        instance::{ServiceExport, host_name},
         otel_env::{self, Flags, InvalidSetting},
         routes::{self, RouteConfig, RoutePattern, UnmatchedRoute},
     },
@@ -115,6 +116,8 @@ pub struct Config {
     pub probes: ProbeChoice,
     pub keep_query: bool,
     pub export: ExportConfig,
+    /// The resource of the one instance traced (`export.services[0]`).
+    pub resource: Resource,
     pub stats_interval: Duration,
     /// Where the Prometheus endpoint listens; `None`: no endpoint.
     pub prometheus: Option<SocketAddr>,
@@ -150,16 +153,18 @@ impl Args {
             .or_else(|| proctree::command_name(root))
             .unwrap_or_else(|| "unknown_service".into());
         // OTEL_RESOURCE_ATTRIBUTES overrides what the tracer detects.
+        let host = host_name();
         let resource = Resource::builder_empty()
             .with_attributes([
-                KeyValue::new("host.name", host_name()),
+                KeyValue::new("service.instance.id", format!("{host}:{root}")),
+                KeyValue::new("host.name", host),
                 KeyValue::new("process.pid", i64::from(root)),
                 KeyValue::new("telemetry.sdk.name", "tracer"),
                 KeyValue::new("telemetry.sdk.language", "rust"),
                 KeyValue::new("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
             ])
             .with_attributes(otel.resource_attributes)
-            .with_service_name(service_name)
+            .with_service_name(service_name.clone())
             .build();
         let stats_interval = stats_interval.unwrap_or(Duration::from_secs(DEFAULT_STATS_INTERVAL));
         Ok(Config {
@@ -169,30 +174,27 @@ impl Args {
             export: ExportConfig {
                 otlp: otel.otlp,
                 sampler: otel.sampler,
-                resource,
+                services: vec![ServiceExport {
+                    name: service_name,
+                    routes: RouteConfig {
+                        patterns: self.routes,
+                        unmatched: self.unmatched_route,
+                        collapse_children: self.route_collapse_children as usize,
+                        route_limit: self.route_limit as usize,
+                        span_name_limit: self.span_name_limit as usize,
+                    },
+                }],
                 print_json: self.print == Some(PrintFormat::Json),
                 queue_capacity: self.queue_size as usize,
                 metric_interval: otel.metric_interval.unwrap_or(stats_interval),
-                routes: RouteConfig {
-                    patterns: self.routes,
-                    unmatched: self.unmatched_route,
-                    collapse_children: self.route_collapse_children as usize,
-                    route_limit: self.route_limit as usize,
-                    span_name_limit: self.span_name_limit as usize,
-                },
             },
+            resource,
             stats_interval,
             prometheus: self
                 .prometheus_port
                 .map(|port| SocketAddr::new(self.prometheus_address, port)),
         })
     }
-}
-
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|name| name.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 #[cfg(test)]
@@ -215,7 +217,6 @@ mod tests {
 
     fn resource_value(config: &Config, key: &'static str) -> Option<String> {
         config
-            .export
             .resource
             .get(&key.into())
             .map(|value| value.to_string())
@@ -301,7 +302,8 @@ mod tests {
             "5",
         ])
         .unwrap();
-        let routes = args.into_config().unwrap().export.routes;
+        let config = args.into_config().unwrap();
+        let routes = &config.export.services[0].routes;
         assert_eq!(routes.patterns.len(), 2);
         assert_eq!(routes.unmatched, UnmatchedRoute::Unset);
         assert_eq!(routes.span_name_limit, 5);

@@ -25,6 +25,7 @@ use crate::{
     telemetry::{
         clock::Clock,
         exporter,
+        instance::{ExportItem, Instance},
         otlp::ExporterSetupError,
         prometheus::{self, ListenError},
     },
@@ -102,9 +103,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let stats = Arc::new(Stats::default());
     // Bound before anything is loaded, so a port in use fails at once.
     let prometheus = match config.prometheus {
-        Some(address) => {
-            Some(prometheus::start(address, &config.export.resource, stats.clone()).await?)
-        }
+        Some(address) => Some(prometheus::start(address, stats.clone()).await?),
         None => None,
     };
     if let Some(otlp) = &config.export.otlp {
@@ -149,6 +148,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     notify(sd_notify::NotifyState::Ready);
 
     let clock = Clock::new();
+    // The one instance traced: every request is its.
+    let instance = Arc::new(Instance {
+        service: 0,
+        resource: config.resource.clone(),
+    });
     let export = exporter::start(
         config.export.clone(),
         clock,
@@ -221,14 +225,14 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
-        send(&export.queue, &mut done, &stats);
+        send(&export.queue, &instance, &mut done, &stats);
     }
 
     // Finish what is pending and flush it.
     notify(sd_notify::NotifyState::Stopping);
     let _ = read_events(ring.get_mut(), &mut assembler, &mut tree, &stats, &mut done);
     assembler.drain(&mut done);
-    send(&export.queue, &mut done, &stats);
+    send(&export.queue, &instance, &mut done, &stats);
     stats.set_kernel(kernel.counters());
     stats.set_assembly(assembler.counters);
     drop(export.queue);
@@ -287,14 +291,15 @@ fn read_events(
 }
 
 fn send(
-    queue: &tokio::sync::mpsc::Sender<CompletedRequest>,
+    queue: &tokio::sync::mpsc::Sender<ExportItem>,
+    instance: &Arc<Instance>,
     done: &mut Vec<CompletedRequest>,
     stats: &Stats,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
     for request in done.drain(..) {
         stats.requests.fetch_add(1, Relaxed);
-        match queue.try_send(request) {
+        match queue.try_send(ExportItem::Request(instance.clone(), request)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Closed(_)) => {
                 stats.queue_full.fetch_add(1, Relaxed);

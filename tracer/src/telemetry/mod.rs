@@ -3,7 +3,9 @@
 pub mod clock;
 pub mod delivery;
 pub mod exporter;
+pub mod instance;
 pub mod json;
+pub mod meters;
 pub mod otel_env;
 pub mod otlp;
 pub mod prometheus;
