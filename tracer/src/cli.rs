@@ -8,8 +8,6 @@ use std::{
 };
 
 use clap::{Parser, Subcommand};
-use opentelemetry::KeyValue;
-use opentelemetry_sdk::Resource;
 
 use crate::{
     discovery::{
@@ -18,9 +16,9 @@ use crate::{
         selector::{self, ExePattern, PortRange, Selector, ServiceSpec},
     },
     kernel::probes::ProbeChoice,
-    proctree,
     telemetry::{
         exporter::{ExportConfig, OtlpProtocol},
+        instance::ServiceExport,
         otel_env::{self, Flags, InvalidSetting},
         routes::{self, RouteConfig, RoutePattern, UnmatchedRoute},
     },
@@ -230,29 +228,20 @@ impl Args {
                 })
             })
             .flatten();
-        let resource_base =
-            ResourceBase::from_host(otel.resource_attributes.clone(), env_service_name.clone());
-        let root = self.pids.first().copied().unwrap_or_default();
-        let service_name = services[0]
-            .name
-            .clone()
-            .or(env_service_name)
-            .or_else(|| proctree::command_name(root))
-            .unwrap_or_else(|| "unknown_service".into());
-        // OTEL_RESOURCE_ATTRIBUTES overrides what the tracer detects.
-        let resource = Resource::builder_empty()
-            .with_attributes([
-                KeyValue::new("host.name", resource_base.host_name.clone()),
-                KeyValue::new("process.pid", i64::from(root)),
-                KeyValue::new("telemetry.sdk.name", "tracer"),
-                KeyValue::new("telemetry.sdk.language", "rust"),
-                KeyValue::new("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
-            ])
-            .with_attributes(otel.resource_attributes)
-            .with_service_name(service_name)
-            .build();
+        let resource_base = ResourceBase::from_host(otel.resource_attributes, env_service_name);
         let stats_interval = stats_interval.unwrap_or(Duration::from_secs(DEFAULT_STATS_INTERVAL));
-        let route_patterns = services[0].routes.clone();
+        let export_services = services
+            .iter()
+            .map(|service| ServiceExport {
+                routes: RouteConfig {
+                    patterns: service.routes.clone(),
+                    unmatched: self.unmatched_route,
+                    collapse_children: self.route_collapse_children as usize,
+                    route_limit: self.route_limit as usize,
+                    span_name_limit: self.span_name_limit as usize,
+                },
+            })
+            .collect();
         Ok(Config {
             services,
             resource_base,
@@ -260,17 +249,10 @@ impl Args {
             export: ExportConfig {
                 otlp: otel.otlp,
                 sampler: otel.sampler,
-                resource,
+                services: export_services,
                 print_json: self.print == Some(PrintFormat::Json),
                 queue_capacity: self.queue_size as usize,
                 metric_interval: otel.metric_interval.unwrap_or(stats_interval),
-                routes: RouteConfig {
-                    patterns: route_patterns,
-                    unmatched: self.unmatched_route,
-                    collapse_children: self.route_collapse_children as usize,
-                    route_limit: self.route_limit as usize,
-                    span_name_limit: self.span_name_limit as usize,
-                },
             },
             stats_interval,
             prometheus: self
@@ -298,10 +280,17 @@ mod tests {
         })
     }
 
+    /// An attribute of the resource the first service's instance rooted at
+    /// a process named `init` would get.
     fn resource_value(config: &Config, key: &'static str) -> Option<String> {
+        let root = crate::discovery::process::ProcessInfo {
+            pid: 1,
+            comm: "init".into(),
+            ..Default::default()
+        };
         config
-            .export
-            .resource
+            .resource_base
+            .instance(&config.services[0], &root)
             .get(&key.into())
             .map(|value| value.to_string())
     }
@@ -389,7 +378,8 @@ mod tests {
             "5",
         ])
         .unwrap();
-        let routes = args.into_config().unwrap().export.routes;
+        let config = args.into_config().unwrap();
+        let routes = &config.export.services[0].routes;
         assert_eq!(routes.patterns.len(), 2);
         assert_eq!(routes.unmatched, UnmatchedRoute::Unset);
         assert_eq!(routes.span_name_limit, 5);
@@ -432,6 +422,17 @@ mod tests {
         assert_eq!(
             resource_value(&flagged, "service.name").as_deref(),
             Some("flag")
+        );
+        let from_env = config(&["--port", "80"], &[("OTEL_SERVICE_NAME", "env")]).expect("valid");
+        assert_eq!(
+            resource_value(&from_env, "service.name").as_deref(),
+            Some("env")
+        );
+        let unnamed = config(&["--port", "80"], &[]).expect("valid");
+        assert_eq!(
+            resource_value(&unnamed, "service.name").as_deref(),
+            Some("init"),
+            "the executable names an unnamed service"
         );
     }
 }

@@ -35,7 +35,7 @@ use crate::{
     telemetry::{
         clock::Clock,
         exporter,
-        instance::Instance,
+        instance::{ExportItem, Instance},
         otlp::ExporterSetupError,
         prometheus::{self, ListenError},
     },
@@ -117,9 +117,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let stats = Arc::new(Stats::default());
     // Bound before anything is loaded, so a port in use fails at once.
     let prometheus = match config.prometheus {
-        Some(address) => {
-            Some(prometheus::start(address, &config.export.resource, stats.clone()).await?)
-        }
+        Some(address) => Some(prometheus::start(address, stats.clone()).await?),
         None => None,
     };
     if let Some(otlp) = &config.export.otlp {
@@ -155,6 +153,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         kernel,
         registry,
         idle_said: false,
+        retired: Vec::new(),
     };
     selection.start()?;
     let mut ports = refresh_ports(
@@ -231,6 +230,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 if selection.tick() {
                     break;
                 }
+                selection.send_retired(&export.queue);
                 if let Some(endpoint) = &prometheus {
                     endpoint.set_traced_processes(selection.registry.tasks().len());
                 }
@@ -284,6 +284,8 @@ struct Selection {
     /// Whether "no selected process is running" was said since the last
     /// process was traced.
     idle_said: bool,
+    /// Instances gone whose exporters the export task is still to free.
+    retired: Vec<Arc<Instance>>,
 }
 
 impl Selection {
@@ -371,7 +373,7 @@ impl Selection {
             self.kernel.trace_task(pid)?;
             self.registry.join(pid, &instance);
         }
-        let name = self.registry.service_name(&instance);
+        let name = instance.service_name();
         log::info!(
             "tracing pid {} ({}) and its descendants as service {name:?}",
             root.pid,
@@ -401,7 +403,7 @@ impl Selection {
             log::info!(
                 "pid {tgid} became {}: traced as service {:?}",
                 process.comm,
-                self.registry.service_name(&instance)
+                instance.service_name()
             );
         }
     }
@@ -415,6 +417,16 @@ impl Selection {
         if let Some(process) = ProcessInfo::read(tgid) {
             self.adopt_if_selected(&process, &BTreeSet::from([port]));
         }
+    }
+
+    /// Tells the export task which instances are gone; what the full queue
+    /// refuses is told at the next tick.
+    fn send_retired(&mut self, queue: &tokio::sync::mpsc::Sender<ExportItem>) {
+        self.retired.retain(|instance| {
+            queue
+                .try_send(ExportItem::Retired(instance.clone()))
+                .is_err()
+        });
     }
 
     fn adopt_if_selected(&mut self, process: &ProcessInfo, ports: &BTreeSet<u16>) {
@@ -432,8 +444,8 @@ impl Selection {
     fn tick(&mut self) -> bool {
         let now = Instant::now();
         self.registry.depart_dead(proctree::is_alive, now);
-        // Retired instances need nothing more until the exporter frees them.
-        let _retired = self.registry.forget_departed(now - DEPARTED_GRACE);
+        let retired = self.registry.forget_departed(now - DEPARTED_GRACE);
+        self.retired.extend(retired);
         if !self.registry.is_empty() {
             return false;
         }
@@ -504,7 +516,7 @@ fn read_events(
 
 /// Hands finished requests to the export queue, each with its instance.
 fn send(
-    queue: &tokio::sync::mpsc::Sender<CompletedRequest>,
+    queue: &tokio::sync::mpsc::Sender<ExportItem>,
     done: &mut Vec<CompletedRequest>,
     registry: &Registry,
     stats: &Stats,
@@ -519,7 +531,7 @@ fn send(
         if !registry.services()[instance.service].keep_query {
             request.request.strip_query();
         }
-        match queue.try_send(request) {
+        match queue.try_send(ExportItem::Request(instance.clone(), request)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Closed(_)) => {
                 stats.queue_full.fetch_add(1, Relaxed);

@@ -314,11 +314,22 @@ async fn a_scrape_counts_every_request_under_its_labels() {
         (1 + workers) as f64,
         "the master and its workers"
     );
-    let target = samples
+    // One target_info per resource: the traced instance's and the tracer's
+    // own, each series under its resource's job and instance.
+    let mut jobs: Vec<&str> = samples
         .iter()
-        .find(|sample| sample.name == "target_info")
-        .expect("target_info");
-    assert_eq!(target.label("service_name"), "prometheus-test");
+        .filter(|sample| sample.name == "target_info")
+        .map(|sample| sample.label("job"))
+        .collect();
+    jobs.sort();
+    assert_eq!(jobs, ["prometheus-test", "tracer"]);
+    for sample in samples
+        .iter()
+        .filter(|sample| sample.name.starts_with(HISTOGRAM))
+    {
+        assert_eq!(sample.label("job"), "prometheus-test", "{sample:?}");
+        assert!(!sample.label("instance").is_empty(), "{sample:?}");
+    }
 
     assert_eq!(
         tracer.stop().expect("the tracer exits").code(),

@@ -52,14 +52,6 @@ impl Registry {
         &self.services
     }
 
-    pub fn service_name(&self, instance: &Instance) -> String {
-        instance
-            .resource
-            .get(&"service.name".into())
-            .map(|name| name.to_string())
-            .unwrap_or_default()
-    }
-
     /// The instance of a task, alive or departed not long ago.
     pub fn instance_of(&self, task: u32) -> Option<&Arc<Instance>> {
         self.members
@@ -258,7 +250,7 @@ mod tests {
         );
         assert_eq!(registry.select(&master, &BTreeSet::new()), vec![1]);
         let instance = registry.adopt(0, &master);
-        assert_eq!(registry.service_name(&instance), "by-port");
+        assert_eq!(instance.service_name(), "by-port");
         registry.join(101, &instance);
         registry.join(102, &instance);
         assert_eq!(registry.tasks(), BTreeSet::from([100, 101, 102]));
@@ -296,7 +288,7 @@ mod tests {
             ..wrapper.clone()
         };
         let renewed = registry.renew(&server).expect("5 is a root");
-        assert_eq!(registry.service_name(&renewed), "by-exe");
+        assert_eq!(renewed.service_name(), "by-exe");
         assert!(Arc::ptr_eq(registry.instance_of(6).unwrap(), &renewed));
         let retired = registry.forget_departed(Instant::now());
         assert!(retired.len() == 1 && Arc::ptr_eq(&retired[0], &first));

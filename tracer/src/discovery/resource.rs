@@ -22,9 +22,7 @@ pub struct ResourceBase {
 impl ResourceBase {
     pub fn from_host(attributes: Vec<KeyValue>, service_name: Option<String>) -> Self {
         Self {
-            host_name: std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|name| name.trim().to_owned())
-                .unwrap_or_else(|_| "unknown".into()),
+            host_name: crate::telemetry::instance::host_name(),
             attributes,
             service_name,
         }

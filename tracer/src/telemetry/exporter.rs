@@ -1,38 +1,41 @@
-//! The export task: takes completed requests from a bounded queue, prints
-//! them as JSON if asked, records the duration histogram (for OTLP and the
-//! Prometheus endpoint, whichever is on), and hands the requests the sampler
-//! keeps, in batches, to [`Delivery`], which retries within a bounded queue:
-//! a dead or slow collector costs memory only up to the queue size, and
-//! drops are counted.
+//! The export task: takes completed requests, each tagged with its
+//! [`Instance`], from a bounded queue, prints them as JSON if asked, records
+//! the duration histogram (for OTLP and the Prometheus endpoint, whichever
+//! is on) under the instance's resource, and hands the requests the sampler
+//! keeps, in batches of one instance each, to [`Delivery`], which retries
+//! within a bounded queue: a dead or slow collector costs memory only up to
+//! the queue size, and drops are counted.
+//!
+//! Each live instance has its batch, its meter provider (through
+//! [`Meters`]) and, in [`Delivery`], its span exporter; routes are per
+//! service. [`ExportItem::Retired`] frees an instance's share of all that.
 use std::{
+    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use opentelemetry::{
     KeyValue,
-    metrics::{Histogram, MeterProvider as _},
+    metrics::{Histogram, Meter, MeterProvider as _},
 };
-use opentelemetry_otlp::SpanExporter;
-use opentelemetry_sdk::{
-    Resource,
-    metrics::{PeriodicReader, SdkMeterProvider},
-    trace::{Sampler, SpanExporter as _},
-};
+use opentelemetry_sdk::{metrics::SdkMeterProvider, trace::Sampler};
 use tokio::sync::mpsc;
 
 use super::{
     clock::Clock,
     delivery::{BATCH_SIZE, Batch, Delivery},
+    instance::{ExportItem, Instance, ServiceExport, tracer_resource},
     json,
+    meters::Meters,
     otel_env::OtlpSignals,
-    otlp::{self, ExporterSetupError},
+    otlp::{self, ExporterSetupError, SpanExporters},
     prometheus,
-    routes::{RouteConfig, Routes},
+    routes::Routes,
     sampling::SpanSampler,
     spans::{SpanBuilder, metric_attributes},
 };
-use crate::{assembly::CompletedRequest, stats::Stats};
+use crate::stats::Stats;
 
 /// The request duration histogram and the loss counter, as named in OTLP.
 pub const DURATION_METRIC: &str = "http.server.request.duration";
@@ -56,51 +59,95 @@ pub struct ExportConfig {
     pub otlp: Option<OtlpSignals>,
     /// Which requests become spans (`OTEL_TRACES_SAMPLER`).
     pub sampler: Sampler,
-    pub resource: Resource,
+    /// The traced services, indexed by [`Instance::service`].
+    pub services: Vec<ServiceExport>,
     pub print_json: bool,
     pub queue_capacity: usize,
     pub metric_interval: Duration,
-    pub routes: RouteConfig,
 }
 
-/// Where spans go: delivery through `spans`, metrics read by `meters`.
+/// The meters' key of the tracer's own provider: no `Arc`'s address.
+const TRACER_METERS: usize = 0;
+
+/// Where spans and metrics go: spans through `delivery`, metrics read from
+/// each instance's provider by `meters`.
 struct Otlp {
-    spans: SpanExporter,
-    meters: SdkMeterProvider,
+    delivery: Delivery,
+    meters: Meters,
+    /// The tracer's own counters, under [`tracer_resource`].
+    tracer_meters: SdkMeterProvider,
     /// How long the shutdown flush waits for exports: one export's timeout.
     flush_timeout: Duration,
     sampler: SpanSampler,
 }
 
 impl Otlp {
-    fn new(signals: &OtlpSignals, config: &ExportConfig) -> Result<Self, ExporterSetupError> {
-        let mut spans = otlp::span_exporter(&signals.traces)?;
-        spans.set_resource(&config.resource);
-        let reader = PeriodicReader::builder(otlp::metric_exporter(&signals.metrics)?)
-            .with_interval(config.metric_interval)
-            .build();
-        let meters = SdkMeterProvider::builder()
-            .with_resource(config.resource.clone())
-            .with_reader(reader)
-            .build();
+    fn new(
+        signals: &OtlpSignals,
+        config: &ExportConfig,
+        clock: Clock,
+        stats: &Arc<Stats>,
+    ) -> Result<Self, ExporterSetupError> {
+        let spans = SpanExporters::new(&signals.traces)?;
+        let meters = Meters::start(
+            otlp::metric_exporter(&signals.metrics)?,
+            config.metric_interval,
+        )
+        .map_err(|source| ExporterSetupError::Thread { source })?;
+        let tracer_meters = meters.provider(TRACER_METERS, tracer_resource().clone());
+        register_tracer_counters(&tracer_meters.meter("tracer"), stats);
         Ok(Self {
-            spans,
+            delivery: Delivery::new(
+                spans,
+                SpanBuilder::new(clock),
+                stats.clone(),
+                config.queue_capacity,
+            ),
             meters,
+            tracer_meters,
             flush_timeout: signals.traces.timeout,
             sampler: SpanSampler::new(config.sampler.clone()),
         })
     }
 }
 
-/// How each request is named and labelled for metrics: its route, and the
-/// Prometheus endpoint's recorder when it is on.
-struct Labels {
-    routes: Routes,
-    prometheus: Option<prometheus::Recorder>,
+/// `tracer.dropped` and `tracer.cardinality_overflow`, read at each collection.
+fn register_tracer_counters(meter: &Meter, stats: &Arc<Stats>) {
+    let dropped_stats = stats.clone();
+    let _dropped = meter
+        .u64_observable_counter(DROPPED_METRIC)
+        .with_description("Events, requests or spans the tracer could not turn into telemetry")
+        .with_callback(move |observer| {
+            for (reason, count) in dropped_stats.dropped() {
+                observer.observe(count, &[KeyValue::new("reason", reason.as_str())]);
+            }
+        })
+        .build();
+    let overflow_stats = stats.clone();
+    let _overflow = meter
+        .u64_observable_counter("tracer.cardinality_overflow")
+        .with_description(
+            "Requests exported under a cardinality limit's overflow value, by limit (docs/routes.md)",
+        )
+        .with_callback(move |observer| {
+            for (limit, count) in overflow_stats.overflows() {
+                observer.observe(count, &[KeyValue::new("limit", limit.as_str())]);
+            }
+        })
+        .build();
+}
+
+/// What the export task keeps for one live instance.
+struct Live {
+    instance: Arc<Instance>,
+    /// Sampled requests not yet handed to delivery.
+    batch: Batch,
+    /// Its OTLP meter provider and duration histogram.
+    meters: Option<(SdkMeterProvider, Histogram<f64>)>,
 }
 
 pub struct ExportHandle {
-    pub queue: mpsc::Sender<CompletedRequest>,
+    pub queue: mpsc::Sender<ExportItem>,
     pub task: tokio::task::JoinHandle<()>,
 }
 
@@ -111,139 +158,359 @@ pub fn start(
     prometheus: Option<prometheus::Recorder>,
 ) -> Result<ExportHandle, ExporterSetupError> {
     let (queue, receiver) = mpsc::channel(config.queue_capacity);
-    let otlp = match &config.otlp {
-        Some(signals) => Some(Otlp::new(signals, &config)?),
-        None => None,
-    };
-    let labels = Labels {
-        routes: Routes::new(config.routes, stats.clone()),
-        prometheus,
-    };
-    let task = tokio::spawn(run(
-        receiver,
-        otlp,
-        config.print_json,
-        config.queue_capacity,
-        labels,
-        clock,
-        stats,
-    ));
+    let export = Export::new(config, clock, stats, prometheus)?;
+    let task = tokio::spawn(export.run(receiver));
     Ok(ExportHandle { queue, task })
 }
 
-async fn run(
-    mut receiver: mpsc::Receiver<CompletedRequest>,
+struct Export {
     otlp: Option<Otlp>,
+    /// One per service, indexed by [`Instance::service`].
+    routes: Vec<Routes>,
+    prometheus: Option<prometheus::Recorder>,
     print_json: bool,
-    queue_capacity: usize,
-    labels: Labels,
     clock: Clock,
-    stats: Arc<Stats>,
-) {
-    let Labels {
-        mut routes,
-        prometheus,
-    } = labels;
-    let (mut delivery, meters, flush_timeout, sampler) = match otlp {
-        Some(Otlp {
-            spans,
-            meters,
-            flush_timeout,
-            sampler,
-        }) => {
-            let builder = SpanBuilder::new(clock);
-            let delivery = Delivery::new(spans, builder, stats.clone(), queue_capacity);
-            (Some(delivery), Some(meters), flush_timeout, Some(sampler))
+    live: HashMap<usize, Live>,
+}
+
+impl Export {
+    fn new(
+        config: ExportConfig,
+        clock: Clock,
+        stats: Arc<Stats>,
+        prometheus: Option<prometheus::Recorder>,
+    ) -> Result<Self, ExporterSetupError> {
+        let otlp = match &config.otlp {
+            Some(signals) => Some(Otlp::new(signals, &config, clock, &stats)?),
+            None => None,
+        };
+        let routes = config
+            .services
+            .iter()
+            .map(|service| Routes::new(service.routes.clone(), stats.clone()))
+            .collect();
+        Ok(Self {
+            otlp,
+            routes,
+            prometheus,
+            print_json: config.print_json,
+            clock,
+            live: HashMap::new(),
+        })
+    }
+
+    async fn run(mut self, mut receiver: mpsc::Receiver<ExportItem>) {
+        let mut ticker = tokio::time::interval(BATCH_DELAY);
+        loop {
+            let in_flight = self.otlp.as_ref().is_some_and(|otlp| otlp.delivery.busy());
+            tokio::select! {
+                item = receiver.recv() => match item {
+                    Some(item) => self.handle(item),
+                    None => break,
+                },
+                _ = ticker.tick() => self.deliver_all(),
+                _ = async { self.otlp.as_mut().expect("busy implies OTLP").delivery.finished().await }, if in_flight => {}
+            }
         }
-        None => (None, None, Duration::ZERO, None),
+        self.shutdown().await;
+    }
+
+    fn handle(&mut self, item: ExportItem) {
+        match item {
+            ExportItem::Request(instance, request) => self.record(instance, request),
+            ExportItem::Retired(instance) => self.retire(&instance),
+        }
+    }
+
+    fn record(&mut self, instance: Arc<Instance>, request: crate::assembly::CompletedRequest) {
+        if instance.service >= self.routes.len() {
+            log::error!(
+                "a request of service #{} of {}: not exported",
+                instance.service,
+                self.routes.len()
+            );
+            return;
+        }
+        if self.print_json {
+            use std::io::Write as _;
+            let line = json::line(&request, &instance.service_name(), &self.clock);
+            let _ = writeln!(std::io::stdout(), "{line}");
+        }
+        if self.otlp.is_none() && self.prometheus.is_none() {
+            return;
+        }
+        let seconds = request.end_ns.saturating_sub(request.start_ns) as f64 / 1e9;
+        let resolved = self.routes[instance.service].resolve(&request);
+        let mut attributes = metric_attributes(&request);
+        let shared = attributes.len();
+        resolved.push_metric_attributes(&mut attributes);
+        if let Some(prometheus) = &self.prometheus {
+            prometheus.record(&instance, seconds, &attributes);
+        }
+        let Some(otlp) = &mut self.otlp else {
+            return;
+        };
+        let live = self
+            .live
+            .entry(Instance::key(&instance))
+            .or_insert_with(|| {
+                let provider = otlp
+                    .meters
+                    .provider(Instance::key(&instance), instance.resource.clone());
+                let histogram = duration_histogram(&provider.meter("tracer"));
+                Live {
+                    instance,
+                    batch: Vec::new(),
+                    meters: Some((provider, histogram)),
+                }
+            });
+        if let Some((_, histogram)) = &live.meters {
+            histogram.record(seconds, &attributes);
+        }
+        if otlp.sampler.keeps() {
+            // Past --route-limit the metric's route is the overflow's; the
+            // span takes its own from `resolved`.
+            attributes.truncate(shared);
+            live.batch.push((request, attributes, resolved));
+            if live.batch.len() >= BATCH_SIZE {
+                otlp.delivery
+                    .push(&live.instance, std::mem::take(&mut live.batch));
+            }
+        }
+    }
+
+    /// Hands every instance's batch to delivery.
+    fn deliver_all(&mut self) {
+        let Some(otlp) = &mut self.otlp else {
+            return;
+        };
+        for live in self.live.values_mut() {
+            otlp.delivery
+                .push(&live.instance, std::mem::take(&mut live.batch));
+        }
+        otlp.delivery.dispatch();
+    }
+
+    fn retire(&mut self, instance: &Arc<Instance>) {
+        if let Some(prometheus) = &self.prometheus {
+            prometheus.retire(instance);
+        }
+        let key = Instance::key(instance);
+        let (Some(otlp), Some(mut live)) = (&mut self.otlp, self.live.remove(&key)) else {
+            return;
+        };
+        otlp.delivery
+            .push(instance, std::mem::take(&mut live.batch));
+        otlp.delivery.retire(instance);
+        if let Some((provider, _)) = live.meters.take() {
+            otlp.meters.retire(key, provider);
+        }
+    }
+
+    /// Instances with state here (a batch, meters) now.
+    #[cfg(test)]
+    fn live(&self) -> usize {
+        self.live.len()
+    }
+
+    async fn shutdown(mut self) {
+        let Some(mut otlp) = self.otlp.take() else {
+            return;
+        };
+        for (key, mut live) in self.live.drain() {
+            otlp.delivery
+                .push(&live.instance, std::mem::take(&mut live.batch));
+            if let Some((provider, _)) = live.meters.take() {
+                otlp.meters.retire(key, provider);
+            }
+        }
+        otlp.delivery
+            .flush(Instant::now() + otlp.flush_timeout)
+            .await;
+        otlp.meters.retire(TRACER_METERS, otlp.tracer_meters);
+        // The final exports run on the metrics thread, over a tonic channel
+        // that this runtime drives: waiting for them on the runtime's one
+        // thread would stall it until the exports timed out.
+        let meters = otlp.meters;
+        if let Err(err) = tokio::task::spawn_blocking(move || meters.shutdown()).await {
+            log::warn!("final metrics export did not finish: {err}");
+        }
+    }
+}
+
+fn duration_histogram(meter: &Meter) -> Histogram<f64> {
+    meter
+        .f64_histogram(DURATION_METRIC)
+        .with_unit("s")
+        .with_description("Duration of HTTP server requests.")
+        .with_boundaries(DURATION_BUCKETS.to_vec())
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, net::SocketAddr};
+
+    use harness::sink::{AttrValue, Sink};
+    use opentelemetry_sdk::Resource;
+    use tracer_common::{AF_INET, ConnMeta};
+
+    use super::*;
+    use crate::{
+        assembly::CompletedRequest,
+        http::RequestHead,
+        telemetry::{
+            otel_env::{self, Flags},
+            routes::RouteConfig,
+        },
     };
-    let duration: Option<Histogram<f64>> = meters.as_ref().map(|meters| {
-        let meter = meters.meter("tracer");
-        let dropped_stats = stats.clone();
-        let _dropped = meter
-            .u64_observable_counter(DROPPED_METRIC)
-            .with_description("Events, requests or spans the tracer could not turn into telemetry")
-            .with_callback(move |observer| {
-                for (reason, count) in dropped_stats.dropped() {
-                    observer.observe(count, &[KeyValue::new("reason", reason.as_str())]);
-                }
-            })
-            .build();
-        let overflow_stats = stats.clone();
-        let _overflow = meter
-            .u64_observable_counter("tracer.cardinality_overflow")
-            .with_description(
-                "Requests exported under a cardinality limit's overflow value, by limit (docs/routes.md)",
-            )
-            .with_callback(move |observer| {
-                for (limit, count) in overflow_stats.overflows() {
-                    observer.observe(count, &[KeyValue::new("limit", limit.as_str())]);
-                }
-            })
-            .build();
-        meter
-            .f64_histogram(DURATION_METRIC)
-            .with_unit("s")
-            .with_description("Duration of HTTP server requests.")
-            .with_boundaries(DURATION_BUCKETS.to_vec())
-            .build()
-    });
-    let mut batch: Batch = Vec::with_capacity(BATCH_SIZE);
-    let mut ticker = tokio::time::interval(BATCH_DELAY);
-    loop {
-        let in_flight = delivery.as_ref().is_some_and(Delivery::busy);
-        tokio::select! {
-            request = receiver.recv() => {
-                let Some(request) = request else { break };
-                if print_json {
-                    use std::io::Write as _;
-                    let _ = writeln!(std::io::stdout(), "{}", json::line(&request, &clock));
-                }
-                if duration.is_some() || prometheus.is_some() {
-                    let seconds = request.end_ns.saturating_sub(request.start_ns) as f64 / 1e9;
-                    let resolved = routes.resolve(&request);
-                    let mut attributes = metric_attributes(&request);
-                    let shared = attributes.len();
-                    resolved.push_metric_attributes(&mut attributes);
-                    if let Some(prometheus) = &prometheus {
-                        prometheus.record(seconds, &attributes);
-                    }
-                    if let Some(histogram) = &duration {
-                        histogram.record(seconds, &attributes);
-                        if sampler.as_ref().is_some_and(SpanSampler::keeps) {
-                            // Past --route-limit the metric's route is the
-                            // overflow's; the span takes its own from `resolved`.
-                            attributes.truncate(shared);
-                            batch.push((request, attributes, resolved));
-                        }
-                    }
-                }
-                if batch.len() < BATCH_SIZE {
-                    continue;
-                }
-            }
-            _ = ticker.tick() => {}
-            _ = async { delivery.as_mut().expect("busy implies a delivery").finished().await }, if in_flight => {
-                continue;
-            }
-        }
-        if let Some(delivery) = &mut delivery {
-            delivery.push(std::mem::take(&mut batch));
-            delivery.dispatch();
+
+    fn request(tgid: u32) -> CompletedRequest {
+        let mut peer_addr = [0; 16];
+        peer_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        CompletedRequest {
+            tgid,
+            request: RequestHead {
+                method: "GET".into(),
+                path: "/users/42".into(),
+                minor_version: 1,
+                head_len: 40,
+            },
+            status: 200,
+            start_ns: 1_000,
+            first_read_ns: 1_500,
+            end_ns: 9_000,
+            meta: Some(ConnMeta {
+                family: AF_INET,
+                local_port: 8000,
+                peer_port: 40000,
+                _pad: 0,
+                peer_addr,
+            }),
+            response_bytes: 100,
         }
     }
-    if let Some(delivery) = &mut delivery {
-        delivery.push(std::mem::take(&mut batch));
-        delivery.flush(Instant::now() + flush_timeout).await;
+
+    fn instance(id: &str, pid: i64) -> Arc<Instance> {
+        Arc::new(Instance {
+            service: 0,
+            resource: Resource::builder_empty()
+                .with_attributes([
+                    KeyValue::new("service.instance.id", id.to_owned()),
+                    KeyValue::new("process.pid", pid),
+                ])
+                .with_service_name("web")
+                .build(),
+        })
     }
-    if let Some(meters) = meters {
-        // The final export runs on the metrics reader's thread, over a tonic
-        // channel that this runtime drives: waiting for it on the runtime's
-        // one thread would stall it until the export timed out.
-        match tokio::task::spawn_blocking(move || meters.shutdown()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => log::warn!("final metrics export failed: {err}"),
-            Err(err) => log::warn!("final metrics export did not finish: {err}"),
+
+    /// An export to the sink's OTLP/gRPC port; metrics only when retired
+    /// and at shutdown (the interval is longer than any test).
+    async fn export_to(sink: &Sink) -> Export {
+        let endpoint = format!("http://{}", sink.grpc_addr());
+        let flags = Flags {
+            endpoint: Some(&endpoint),
+            protocol: None,
+            metric_interval: Some(Duration::from_secs(3600)),
+        };
+        let otel = otel_env::resolve(&flags, |_| None).expect("valid settings");
+        let config = ExportConfig {
+            otlp: otel.otlp,
+            sampler: otel.sampler,
+            services: vec![ServiceExport {
+                routes: RouteConfig::default(),
+            }],
+            print_json: false,
+            queue_capacity: 1_000,
+            metric_interval: Duration::from_secs(3600),
+        };
+        Export::new(config, Clock::new(), Arc::default(), None).expect("an export")
+    }
+
+    async fn sink() -> Sink {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        Sink::start(loopback, loopback).await.expect("a sink")
+    }
+
+    fn delivery(export: &mut Export) -> &mut Delivery {
+        &mut export.otlp.as_mut().expect("OTLP on").delivery
+    }
+
+    async fn delivered(export: &mut Export) {
+        export.deliver_all();
+        while delivery(export).busy() {
+            delivery(export).finished().await;
         }
+    }
+
+    #[tokio::test]
+    async fn each_instance_exports_under_its_own_resource() {
+        let sink = sink().await;
+        let mut export = export_to(&sink).await;
+        let (one, two) = (instance("one", 10), instance("two", 20));
+        export.handle(ExportItem::Request(one.clone(), request(11)));
+        export.handle(ExportItem::Request(two.clone(), request(21)));
+        export.handle(ExportItem::Request(two.clone(), request(22)));
+        delivered(&mut export).await;
+        assert!(sink.wait_for_spans(9, Duration::from_secs(10)).await);
+
+        let mut by_instance: BTreeMap<String, Vec<_>> = BTreeMap::new();
+        for span in sink.spans() {
+            let id = span.resource["service.instance.id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            by_instance.entry(id).or_default().push(span);
+        }
+        assert_eq!(by_instance["one"].len(), 3);
+        assert_eq!(by_instance["two"].len(), 6);
+        for (id, pid) in [("one", 10), ("two", 20)] {
+            for span in &by_instance[id] {
+                assert_eq!(span.service, "web");
+                assert_eq!(span.resource["process.pid"], AttrValue::Int(pid));
+            }
+        }
+        assert_eq!(export.live(), 2);
+        assert_eq!(delivery(&mut export).exporters(), 2);
+
+        // Retired, an instance's exporter and provider go, and its metrics
+        // are exported a last time; the other's at shutdown, with the
+        // tracer's own counters under the tracer's resource.
+        export.handle(ExportItem::Retired(one.clone()));
+        assert_eq!(export.live(), 1);
+        assert_eq!(delivery(&mut export).exporters(), 1);
+        export.shutdown().await;
+        let metrics = sink.metrics();
+        let durations = metrics
+            .iter()
+            .filter(|metric| metric.name == DURATION_METRIC);
+        let counts: Vec<u64> = durations
+            .inspect(|metric| assert_eq!(metric.service, "web"))
+            .map(|metric| metric.points.iter().filter_map(|point| point.count).sum())
+            .collect();
+        assert_eq!(counts, [1, 2], "one's at retirement, then two's");
+        let dropped = metrics.iter().find(|metric| metric.name == DROPPED_METRIC);
+        assert_eq!(dropped.expect("tracer.dropped").service, "tracer");
+        sink.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_retired_instance_keeps_its_exporter_until_its_spans_are_delivered() {
+        let sink = sink().await;
+        let mut export = export_to(&sink).await;
+        let one = instance("one", 10);
+        export.handle(ExportItem::Request(one.clone(), request(11)));
+        export.handle(ExportItem::Retired(one.clone()));
+        assert_eq!(export.live(), 0);
+        assert_eq!(delivery(&mut export).exporters(), 1, "its batch in flight");
+        delivered(&mut export).await;
+        assert_eq!(delivery(&mut export).exporters(), 0);
+        assert!(sink.wait_for_spans(3, Duration::from_secs(10)).await);
+        // A request after retirement starts the instance again.
+        export.handle(ExportItem::Request(one.clone(), request(12)));
+        assert_eq!(export.live(), 1);
+        export.shutdown().await;
+        assert!(sink.wait_for_spans(6, Duration::from_secs(10)).await);
+        sink.shutdown().await;
     }
 }

@@ -6,6 +6,8 @@ use crate::{assembly::CompletedRequest, telemetry::spans::peer};
 
 #[derive(Serialize)]
 struct Line<'a> {
+    /// The request's service (its instance's `service.name`).
+    service: &'a str,
     method: &'a str,
     path: &'a str,
     status: u16,
@@ -19,9 +21,10 @@ struct Line<'a> {
     response_bytes: u64,
 }
 
-pub fn line(request: &CompletedRequest, clock: &Clock) -> String {
+pub fn line(request: &CompletedRequest, service: &str, clock: &Clock) -> String {
     let peer = peer(request);
     let line = Line {
+        service,
         method: &request.request.method,
         path: &request.request.path,
         status: request.status,

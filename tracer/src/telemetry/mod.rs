@@ -5,6 +5,7 @@ pub mod delivery;
 pub mod exporter;
 pub mod instance;
 pub mod json;
+pub mod meters;
 pub mod otel_env;
 pub mod otlp;
 pub mod prometheus;

@@ -3,6 +3,9 @@
 //! for an `https://` endpoint, the CAs to trust (the system's unless
 //! `OTEL_EXPORTER_OTLP_CERTIFICATE` names others). Every setting is passed
 //! explicitly: [`super::otel_env`] alone reads the environment.
+//!
+//! An OTLP span exporter carries one resource, so there is one per traced
+//! instance, all built by one [`SpanExporters`] from the same settings.
 use opentelemetry_otlp::{
     ExporterBuildError, MetricExporter, Protocol, SpanExporter, WithExportConfig, WithHttpConfig,
     WithTonicConfig,
@@ -11,6 +14,8 @@ use opentelemetry_otlp::{
         transport::{Certificate, ClientTlsConfig},
     },
 };
+
+use opentelemetry_sdk::{Resource, trace::SpanExporter as _};
 
 use super::{
     exporter::OtlpProtocol,
@@ -26,6 +31,11 @@ pub enum ExporterSetupError {
         #[source]
         source: ExporterBuildError,
     },
+    #[error("cannot start the metrics thread: {source}")]
+    Thread {
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot set up the HTTP client for {endpoint}: {source}")]
     HttpClient {
         endpoint: String,
@@ -34,20 +44,58 @@ pub enum ExporterSetupError {
     },
 }
 
-pub fn span_exporter(settings: &SignalExport) -> Result<SpanExporter, ExporterSetupError> {
-    let built = match settings.protocol {
-        OtlpProtocol::Grpc => grpc(SpanExporter::builder().with_tonic(), settings).build(),
-        OtlpProtocol::HttpProtobuf => http(SpanExporter::builder().with_http(), settings)?.build(),
-    };
-    built.map_err(build_error(Signal::Traces, settings))
+/// Span exporters, one per resource, all with the same settings. Over
+/// http/protobuf they share one HTTP client (clones share its connection
+/// pool), built once; over gRPC each has a channel of its own.
+pub struct SpanExporters {
+    settings: SignalExport,
+    http_client: Option<reqwest::blocking::Client>,
+}
+
+impl SpanExporters {
+    /// Checks the settings by building one exporter, so a bad endpoint
+    /// fails at start-up rather than at an instance's first request.
+    pub fn new(settings: &SignalExport) -> Result<Self, ExporterSetupError> {
+        let http_client = match settings.protocol {
+            OtlpProtocol::Grpc => None,
+            OtlpProtocol::HttpProtobuf => Some(http_client(settings)?),
+        };
+        let exporters = Self {
+            settings: settings.clone(),
+            http_client,
+        };
+        exporters.build(&Resource::builder_empty().build())?;
+        Ok(exporters)
+    }
+
+    /// An exporter whose spans all go under `resource`. Over gRPC it must
+    /// be built inside the runtime that drives its channel.
+    pub fn build(&self, resource: &Resource) -> Result<SpanExporter, ExporterSetupError> {
+        let settings = &self.settings;
+        let built = match &self.http_client {
+            None => grpc(SpanExporter::builder().with_tonic(), settings).build(),
+            Some(client) => http(
+                SpanExporter::builder().with_http(),
+                settings,
+                client.clone(),
+            )
+            .build(),
+        };
+        let mut exporter = built.map_err(build_error(Signal::Traces, settings))?;
+        exporter.set_resource(resource);
+        Ok(exporter)
+    }
 }
 
 pub fn metric_exporter(settings: &SignalExport) -> Result<MetricExporter, ExporterSetupError> {
     let built = match settings.protocol {
         OtlpProtocol::Grpc => grpc(MetricExporter::builder().with_tonic(), settings).build(),
-        OtlpProtocol::HttpProtobuf => {
-            http(MetricExporter::builder().with_http(), settings)?.build()
-        }
+        OtlpProtocol::HttpProtobuf => http(
+            MetricExporter::builder().with_http(),
+            settings,
+            http_client(settings)?,
+        )
+        .build(),
     };
     built.map_err(build_error(Signal::Metrics, settings))
 }
@@ -86,16 +134,17 @@ fn grpc<B: WithExportConfig + WithTonicConfig>(builder: B, settings: &SignalExpo
 fn http<B: WithExportConfig + WithHttpConfig>(
     builder: B,
     settings: &SignalExport,
-) -> Result<B, ExporterSetupError> {
+    client: reqwest::blocking::Client,
+) -> B {
     let builder = builder
         .with_protocol(Protocol::HttpBinary)
         .with_endpoint(&settings.endpoint)
         .with_timeout(settings.timeout)
-        .with_http_client(http_client(settings)?);
-    Ok(match settings.compression {
+        .with_http_client(client);
+    match settings.compression {
         Some(compression) => builder.with_compression(compression),
         None => builder,
-    })
+    }
 }
 
 /// reqwest's blocking client: the metrics reader exports from a thread of its

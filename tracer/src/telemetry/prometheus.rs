@@ -2,19 +2,24 @@
 //! duration histogram the OTLP exporter records, from the same attributes
 //! into the same buckets, and the tracer's own counters, named by the
 //! OpenTelemetry-to-Prometheus compatibility rules: dots become
-//! underscores, the unit and `_total` become suffixes, and the resource's
-//! attributes are the labels of `target_info`. prometheus-client encodes
-//! the OpenMetrics text; a small hyper server on the daemon's runtime
-//! serves it.
+//! underscores, the unit and `_total` become suffixes. One endpoint serves
+//! several instances (and the tracer's own counters, under
+//! [`tracer_resource`]), as the OpenTelemetry collector's Prometheus
+//! exporter does: every series carries its resource's `job`
+//! (`service.namespace/service.name`) and `instance`
+//! (`service.instance.id`) labels, and `target_info` has one series per
+//! resource with its other attributes. (A scrape config must then keep
+//! these labels: `honor_labels: true`.) A retired instance's series stay
+//! [`RETIRED_SERIES_TTL`] for scrapes to see their last values, then go.
+//! prometheus-client encodes the OpenMetrics text; a small hyper server on
+//! the daemon's runtime serves it.
 use std::{
+    collections::{BTreeMap, HashMap},
     convert::Infallible,
     fmt,
     net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering::Relaxed},
-    },
-    time::Duration,
+    sync::{Arc, Mutex, MutexGuard, atomic::Ordering::Relaxed},
+    time::{Duration, Instant},
 };
 
 use hyper::{
@@ -27,28 +32,31 @@ use opentelemetry_sdk::Resource;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _, text},
-    metrics::{
-        MetricType, counter::ConstCounter, family::Family, gauge::Gauge, histogram::Histogram,
-        info::Info,
-    },
+    metrics::{MetricType, counter::ConstCounter, gauge::Gauge, histogram::Histogram, info::Info},
     registry::{Registry, Unit},
 };
 use tokio::net::TcpListener;
 
-use super::exporter::{DROPPED_METRIC, DURATION_BUCKETS, DURATION_METRIC};
+use super::{
+    exporter::{DROPPED_METRIC, DURATION_BUCKETS, DURATION_METRIC},
+    instance::{Instance, tracer_resource},
+};
 use crate::stats::Stats;
 
 const OPENMETRICS_TEXT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// After a failed accept (out of file descriptors, say), the pause before
 /// the next try, so the failure does not spin the daemon's one thread.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
-/// Label sets beyond this many are recorded as one overflow series, as the
-/// OpenTelemetry SDK does with its default cardinality limit: a client that
-/// makes up methods cannot grow the tracer's memory.
+/// Label sets of one instance beyond this many are recorded as one overflow
+/// series, as the OpenTelemetry SDK does with its default cardinality
+/// limit (per meter provider, so per instance): a client that makes up
+/// methods cannot grow the tracer's memory.
 const MAX_SERIES: usize = 2000;
+/// How long a retired instance's series are still served: the
+/// OpenTelemetry collector's Prometheus exporter's default expiration.
+pub const RETIRED_SERIES_TTL: Duration = Duration::from_secs(300);
 
 type Labels = Vec<(String, String)>;
-type Durations = Family<Labels, Histogram, fn() -> Histogram>;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot serve Prometheus metrics on {address}: {source}")]
@@ -58,28 +66,93 @@ pub struct ListenError {
     source: std::io::Error,
 }
 
+/// One resource's series: its `job` and `instance` labels, its
+/// `target_info` labels, and (an instance's) duration histograms.
+struct Target {
+    identity: Labels,
+    info: Labels,
+    durations: HashMap<Labels, Histogram>,
+    retired_at: Option<Instant>,
+    /// Keeps the key (the `Arc`'s address) from being reused meanwhile.
+    _instance: Arc<Instance>,
+}
+
+impl Target {
+    fn new(instance: &Arc<Instance>) -> Self {
+        let (identity, info) = identity_and_info(&instance.resource);
+        Self {
+            identity,
+            info,
+            durations: HashMap::new(),
+            retired_at: None,
+            _instance: instance.clone(),
+        }
+    }
+}
+
+/// Every instance's series, by [`Instance::key`].
+#[derive(Clone, Default)]
+struct Targets(Arc<Mutex<BTreeMap<usize, Target>>>);
+
+impl Targets {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<usize, Target>> {
+        // Plain data: a panic while holding the lock leaves it usable.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Drops the series of instances retired more than [`RETIRED_SERIES_TTL`] ago.
+fn expire(targets: &mut BTreeMap<usize, Target>, now: Instant) {
+    targets.retain(|_, target| {
+        target
+            .retired_at
+            .is_none_or(|at| now.duration_since(at) < RETIRED_SERIES_TTL)
+    });
+}
+
 /// What the export task records each completed request into.
 #[derive(Clone)]
 pub struct Recorder {
-    durations: Durations,
-    series: Arc<AtomicUsize>,
+    targets: Targets,
 }
 
 impl Recorder {
     /// `attributes` are the request's `metric_attributes`, exactly as the
     /// OTLP histogram records them, so both carry the same label sets.
-    pub fn record(&self, seconds: f64, attributes: &[KeyValue]) {
+    pub fn record(&self, instance: &Arc<Instance>, seconds: f64, attributes: &[KeyValue]) {
         let labels = labels(attributes.iter().map(|kv| (&kv.key, &kv.value)));
-        if let Some(histogram) = self.durations.get(&labels) {
+        let mut targets = self.targets.lock();
+        let target = targets
+            .entry(Instance::key(instance))
+            .or_insert_with(|| Target::new(instance));
+        // A request that was on its way when the instance was retired.
+        target.retired_at = None;
+        if let Some(histogram) = target.durations.get(&labels) {
             histogram.observe(seconds);
             return;
         }
-        let labels = if self.series.fetch_add(1, Relaxed) < MAX_SERIES {
+        let labels = if target.durations.len() < MAX_SERIES {
             labels
         } else {
             overflow_labels()
         };
-        self.durations.get_or_create(&labels).observe(seconds);
+        target
+            .durations
+            .entry(labels)
+            .or_insert_with(|| Histogram::new(DURATION_BUCKETS))
+            .observe(seconds);
+    }
+
+    /// The instance is gone: its series go after [`RETIRED_SERIES_TTL`].
+    pub fn retire(&self, instance: &Arc<Instance>) {
+        let now = Instant::now();
+        let mut targets = self.targets.lock();
+        if let Some(target) = targets.get_mut(&Instance::key(instance)) {
+            target.retired_at = Some(now);
+        }
+        expire(&mut targets, now);
     }
 }
 
@@ -103,48 +176,105 @@ impl Endpoint {
 
 /// Binds `address` (so a port in use fails here, at start-up) and serves
 /// the metrics from a task of its own.
-pub async fn start(
-    address: SocketAddr,
-    resource: &Resource,
-    stats: Arc<Stats>,
-) -> Result<Endpoint, ListenError> {
+pub async fn start(address: SocketAddr, stats: Arc<Stats>) -> Result<Endpoint, ListenError> {
     let listener = TcpListener::bind(address)
         .await
         .map_err(|source| ListenError { address, source })?;
-    let (registry, endpoint) = metrics(resource, stats);
+    let (registry, endpoint) = metrics(tracer_resource(), stats);
     log::info!("serving Prometheus metrics on http://{address}/metrics");
     tokio::spawn(serve(listener, Arc::new(registry)));
     Ok(endpoint)
 }
 
-/// The registry a scrape encodes, and the handles that feed it.
-fn metrics(resource: &Resource, stats: Arc<Stats>) -> (Registry, Endpoint) {
-    let durations = Durations::new_with_constructor(|| Histogram::new(DURATION_BUCKETS));
+/// The registry a scrape encodes, and the handles that feed it; `tracer`
+/// is the resource of the tracer's own series.
+fn metrics(tracer: &Resource, stats: Arc<Stats>) -> (Registry, Endpoint) {
+    let targets = Targets::default();
     let traced_processes = Gauge::default();
+    let (identity, info) = identity_and_info(tracer);
     let mut registry = Registry::default();
-    registry.register_with_unit(
-        prometheus_name(DURATION_METRIC),
-        "Duration of HTTP server requests",
-        Unit::Seconds,
-        durations.clone(),
-    );
-    registry.register(
-        "tracer_traced_processes",
-        "Processes in the traced tree",
-        traced_processes.clone(),
-    );
-    let mut resource_labels = labels(resource.iter());
-    resource_labels.sort();
-    registry.register("target", "Target metadata", Info::new(resource_labels));
-    registry.register_collector(Box::new(TracerCounters(stats)));
+    registry.register_collector(Box::new(InstanceSeries {
+        targets: targets.clone(),
+        tracer: (identity.clone(), info),
+    }));
+    registry.register_collector(Box::new(TracerCounters {
+        stats,
+        identity,
+        traced_processes: traced_processes.clone(),
+    }));
     let endpoint = Endpoint {
-        recorder: Recorder {
-            durations,
-            series: Arc::default(),
-        },
+        recorder: Recorder { targets },
         traced_processes,
     };
     (registry, endpoint)
+}
+
+/// A resource's `job` and `instance` labels, and its `target_info` labels:
+/// the other attributes, sorted (the compatibility specification's
+/// resource-attribute rules).
+fn identity_and_info(resource: &Resource) -> (Labels, Labels) {
+    let value = |key: &'static str| {
+        resource
+            .get(&Key::from_static_str(key))
+            .map(|value| value.as_str().into_owned())
+    };
+    let job = match (value("service.namespace"), value("service.name")) {
+        (Some(namespace), Some(name)) if !namespace.is_empty() => format!("{namespace}/{name}"),
+        (_, name) => name.unwrap_or_default(),
+    };
+    let instance = value("service.instance.id").unwrap_or_default();
+    let identity = vec![("job".to_owned(), job), ("instance".to_owned(), instance)];
+    let mut info = identity.clone();
+    let mut rest = labels(resource.iter().filter(|(key, _)| {
+        !matches!(
+            key.as_str(),
+            "service.name" | "service.namespace" | "service.instance.id"
+        )
+    }));
+    rest.sort();
+    info.extend(rest);
+    (identity, info)
+}
+
+/// The instances' duration histograms and every resource's `target_info`.
+struct InstanceSeries {
+    targets: Targets,
+    /// The tracer's own `job`/`instance` and `target_info` labels.
+    tracer: (Labels, Labels),
+}
+
+impl fmt::Debug for InstanceSeries {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("InstanceSeries")
+    }
+}
+
+impl Collector for InstanceSeries {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let mut targets = self.targets.lock();
+        expire(&mut targets, Instant::now());
+        let name = prometheus_name(DURATION_METRIC);
+        let mut durations = encoder.encode_descriptor(
+            &name,
+            "Duration of HTTP server requests",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for target in targets.values() {
+            for (labels, histogram) in &target.durations {
+                let labels: Labels = target.identity.iter().chain(labels).cloned().collect();
+                histogram.encode(durations.encode_family(&labels)?)?;
+            }
+        }
+        let mut info =
+            encoder.encode_descriptor("target", "Target metadata", None, MetricType::Info)?;
+        let no_labels = Labels::new();
+        let tracer = std::iter::once(&self.tracer.1);
+        for labels in tracer.chain(targets.values().map(|target| &target.info)) {
+            Info::new(labels.clone()).encode(info.encode_family(&no_labels)?)?;
+        }
+        Ok(())
+    }
 }
 
 /// An OpenTelemetry metric or attribute name as Prometheus allows it: each
@@ -177,10 +307,15 @@ fn overflow_labels() -> Labels {
     labels(std::iter::once((&overflow.key, &overflow.value)))
 }
 
-/// The tracer's own counters, read from [`Stats`] at each scrape. The
+/// The tracer's own counters, read from [`Stats`] at each scrape, and the
+/// traced-process gauge, under the tracer's `job` and `instance`. The
 /// kernel's and assembly's counts in it are as of the last
 /// `--stats-interval` report, as in the OTLP export.
-struct TracerCounters(Arc<Stats>);
+struct TracerCounters {
+    stats: Arc<Stats>,
+    identity: Labels,
+    traced_processes: Gauge,
+}
 
 impl fmt::Debug for TracerCounters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -190,7 +325,8 @@ impl fmt::Debug for TracerCounters {
 
 impl Collector for TracerCounters {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let stats = &self.0;
+        let stats = &self.stats;
+        let identity = &self.identity;
         let totals = [
             (
                 "tracer_requests",
@@ -204,9 +340,17 @@ impl Collector for TracerCounters {
             ),
         ];
         for (name, help, total) in totals {
-            let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            ConstCounter::new(total).encode(metric)?;
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(total).encode(metric.encode_family(identity)?)?;
         }
+        let mut traced = encoder.encode_descriptor(
+            "tracer_traced_processes",
+            "Processes in the traced tree",
+            None,
+            MetricType::Gauge,
+        )?;
+        self.traced_processes
+            .encode(traced.encode_family(identity)?)?;
         let dropped_name = prometheus_name(DROPPED_METRIC);
         let mut dropped = encoder.encode_descriptor(
             &dropped_name,
@@ -215,8 +359,9 @@ impl Collector for TracerCounters {
             MetricType::Counter,
         )?;
         for (reason, count) in stats.dropped() {
-            let reason = [("reason", reason.as_str())];
-            ConstCounter::new(count).encode(dropped.encode_family(&reason)?)?;
+            let mut labels = identity.clone();
+            labels.push(("reason".into(), reason.as_str().into()));
+            ConstCounter::new(count).encode(dropped.encode_family(&labels)?)?;
         }
         Ok(())
     }
@@ -305,15 +450,34 @@ mod tests {
         respond(&Method::GET, path, registry)
     }
 
+    fn instance(attributes: &[(&'static str, &'static str)]) -> Arc<Instance> {
+        let attributes = attributes
+            .iter()
+            .map(|&(key, value)| KeyValue::new(key, value));
+        Arc::new(Instance {
+            service: 0,
+            resource: Resource::builder_empty()
+                .with_attributes(attributes)
+                .build(),
+        })
+    }
+
+    fn tracer() -> Resource {
+        Resource::builder_empty()
+            .with_attributes([
+                KeyValue::new("service.name", "tracer"),
+                KeyValue::new("service.instance.id", "host:1"),
+            ])
+            .build()
+    }
+
     #[test]
     fn the_exposition_has_the_otlp_histogram_and_the_tracer_counters() {
         let stats = Arc::new(Stats::default());
         stats.queue_full.store(3, Relaxed);
         stats.requests.store(5, Relaxed);
-        let resource = Resource::builder_empty()
-            .with_attributes([KeyValue::new("service.name", "shop")])
-            .build();
-        let (registry, endpoint) = metrics(&resource, stats);
+        let shop = instance(&[("service.name", "shop"), ("service.instance.id", "a")]);
+        let (registry, endpoint) = metrics(&tracer(), stats);
         let recorder = endpoint.recorder();
         let ok = [
             KeyValue::new("http.request.method", "GET"),
@@ -322,9 +486,10 @@ mod tests {
         ];
         // Powers of two, so the sum is exact.
         for seconds in [0.00390625, 0.125, 20.0] {
-            recorder.record(seconds, &ok);
+            recorder.record(&shop, seconds, &ok);
         }
         recorder.record(
+            &shop,
             0.001,
             &[
                 KeyValue::new("http.request.method", "POST"),
@@ -338,8 +503,8 @@ mod tests {
         assert_eq!(response.headers()[header::CONTENT_TYPE], OPENMETRICS_TEXT);
         let exposition = response.into_body();
         let lines: Vec<&str> = exposition.lines().collect();
-        let ok_labels =
-            r#"http_request_method="GET",http_response_status_code="200",server_port="8000""#;
+        let ok_labels = r#"job="shop",instance="a",http_request_method="GET",http_response_status_code="200",server_port="8000""#;
+        let tracer = r#"job="tracer",instance="host:1""#;
         let histogram = "http_server_request_duration_seconds";
         for expected in [
             format!("# TYPE {histogram} histogram"),
@@ -351,12 +516,13 @@ mod tests {
             format!("{histogram}_count{{{ok_labels}}} 3"),
             format!("{histogram}_sum{{{ok_labels}}} 20.12890625"),
             format!(
-                r#"{histogram}_count{{http_request_method="POST",http_response_status_code="500"}} 1"#
+                r#"{histogram}_count{{job="shop",instance="a",http_request_method="POST",http_response_status_code="500"}} 1"#
             ),
-            "tracer_requests_total 5".into(),
-            r#"tracer_dropped_total{reason="export_queue_full"} 3"#.into(),
-            "tracer_traced_processes 4".into(),
-            r#"target_info{service_name="shop"} 1"#.into(),
+            format!("tracer_requests_total{{{tracer}}} 5"),
+            format!(r#"tracer_dropped_total{{{tracer},reason="export_queue_full"}} 3"#),
+            format!("tracer_traced_processes{{{tracer}}} 4"),
+            r#"target_info{job="shop",instance="a"} 1"#.into(),
+            format!("target_info{{{tracer}}} 1"),
         ] {
             assert!(
                 lines.contains(&expected.as_str()),
@@ -379,7 +545,7 @@ mod tests {
             .collect();
         assert_eq!(boundaries, expected, "the OTLP histogram's boundaries");
         for reason in DropReason::ALL {
-            let sample = format!(r#"tracer_dropped_total{{reason="{reason}"}} "#);
+            let sample = format!(r#"tracer_dropped_total{{{tracer},reason="{reason}"}} "#);
             assert!(exposition.contains(&sample), "no {sample:?}");
         }
         assert_eq!(lines.last(), Some(&"# EOF"));
@@ -387,12 +553,13 @@ mod tests {
 
     #[test]
     fn label_sets_beyond_the_limit_share_the_overflow_series() {
-        let (registry, endpoint) = metrics(&Resource::builder_empty().build(), Arc::default());
+        let (registry, endpoint) = metrics(&tracer(), Arc::default());
         let recorder = endpoint.recorder();
+        let shop = instance(&[("service.name", "shop")]);
         for method in 0..MAX_SERIES + 5 {
             let attributes = [KeyValue::new("http.request.method", format!("M{method}"))];
-            recorder.record(0.1, &attributes);
-            recorder.record(0.1, &attributes);
+            recorder.record(&shop, 0.1, &attributes);
+            recorder.record(&shop, 0.1, &attributes);
         }
         let exposition = get(&registry, "/metrics").into_body();
         let counts: Vec<&str> = exposition
@@ -401,19 +568,92 @@ mod tests {
             .collect();
         assert_eq!(counts.len(), MAX_SERIES + 1);
         assert!(counts.contains(
-            &r#"http_server_request_duration_seconds_count{http_request_method="M0"} 2"#
+            &r#"http_server_request_duration_seconds_count{job="shop",instance="",http_request_method="M0"} 2"#
         ));
         assert!(counts.contains(
-            &r#"http_server_request_duration_seconds_count{otel_metric_overflow="true"} 10"#
+            &r#"http_server_request_duration_seconds_count{job="shop",instance="",otel_metric_overflow="true"} 10"#
         ));
     }
 
     #[test]
     fn only_get_metrics_is_served() {
-        let (registry, _) = metrics(&Resource::builder_empty().build(), Arc::default());
+        let (registry, _) = metrics(&tracer(), Arc::default());
         assert_eq!(get(&registry, "/").status(), StatusCode::NOT_FOUND);
         let post = respond(&Method::POST, "/metrics", &registry);
         assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(post.headers()[header::ALLOW], "GET");
+    }
+
+    #[test]
+    fn instances_have_their_own_job_instance_and_target_info() {
+        let (registry, endpoint) = metrics(&tracer(), Arc::default());
+        let recorder = endpoint.recorder();
+        let one = instance(&[
+            ("service.namespace", "shop"),
+            ("service.name", "web"),
+            ("service.instance.id", "one"),
+            ("process.pid", "10"),
+        ]);
+        let two = instance(&[
+            ("service.namespace", "shop"),
+            ("service.name", "web"),
+            ("service.instance.id", "two"),
+            ("process.pid", "20"),
+        ]);
+        let get = [KeyValue::new("http.request.method", "GET")];
+        recorder.record(&one, 0.1, &get);
+        recorder.record(&two, 0.1, &get);
+        recorder.record(&two, 0.1, &get);
+        let exposition = super::tests::get(&registry, "/metrics").into_body();
+        let lines: Vec<&str> = exposition.lines().collect();
+        let histogram = "http_server_request_duration_seconds";
+        for expected in [
+            format!(
+                r#"{histogram}_count{{job="shop/web",instance="one",http_request_method="GET"}} 1"#
+            ),
+            format!(
+                r#"{histogram}_count{{job="shop/web",instance="two",http_request_method="GET"}} 2"#
+            ),
+            r#"target_info{job="shop/web",instance="one",process_pid="10"} 1"#.into(),
+            r#"target_info{job="shop/web",instance="two",process_pid="20"} 1"#.into(),
+        ] {
+            assert!(
+                lines.contains(&expected.as_str()),
+                "no {expected:?} in\n{exposition}"
+            );
+        }
+        let targets = lines.iter().filter(|line| line.starts_with("target_info{"));
+        assert_eq!(
+            targets.count(),
+            3,
+            "both instances and the tracer:\n{exposition}"
+        );
+        assert_eq!(
+            lines
+                .iter()
+                .filter(|line| line.starts_with("# TYPE"))
+                .count(),
+            lines
+                .iter()
+                .filter(|line| line.starts_with("# HELP"))
+                .count(),
+            "each family described once"
+        );
+
+        // Retired, an instance's series stay for the scrapes to come, then go.
+        recorder.retire(&one);
+        let exposition = super::tests::get(&registry, "/metrics").into_body();
+        assert!(exposition.contains(r#"instance="one""#));
+        let retired_long_ago = Instant::now() - RETIRED_SERIES_TTL;
+        recorder
+            .targets
+            .lock()
+            .get_mut(&Instance::key(&one))
+            .unwrap()
+            .retired_at = Some(retired_long_ago);
+        let exposition = super::tests::get(&registry, "/metrics").into_body();
+        assert!(!exposition.contains(r#"instance="one""#), "{exposition}");
+        assert!(exposition.contains(r#"instance="two""#));
+        assert_eq!(recorder.targets.lock().len(), 1);
     }
 }

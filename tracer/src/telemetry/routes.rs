@@ -14,8 +14,9 @@
 //! new server span is named `{method}`, and past `--route-limit` distinct
 //! routes the duration metric records a new one as `http.route=""` with
 //! `otel.metric.overflow=true`, the OpenTelemetry SDK's cardinality-limit
-//! convention. The tracer exports one service (its resource), so one
-//! [`Routes`] is the per-service state.
+//! convention. Each traced service has its own [`RouteConfig`] and one
+//! [`Routes`] (trie and limits), shared by its instances and by no other
+//! service.
 use std::{
     collections::{HashMap, HashSet},
     str::FromStr,
