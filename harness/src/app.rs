@@ -379,6 +379,11 @@ pub fn free_port(port: u16) -> Result<u16, AppError> {
     use socket2::{Domain, Socket, Type};
     let address = SocketAddr::from(([127, 0, 0, 1], port));
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(io_err("open a socket"))?;
+    // As gunicorn binds: a port that only has connections in TIME_WAIT
+    // (a server just stopped) is free for it.
+    socket
+        .set_reuse_address(true)
+        .map_err(io_err("set SO_REUSEADDR"))?;
     match socket.bind(&address.into()) {
         Ok(()) => socket
             .local_addr()
