@@ -51,7 +51,10 @@ pub fn package(root: &Path, compression: Compression) -> Result<PathBuf> {
         .map(|line| root.join(line))
         .with_context(|| format!("cargo deb printed no .deb path: {stdout:?}"))?;
     if !deb.is_file() {
-        bail!("cargo deb said it wrote {}, which is not there", deb.display());
+        bail!(
+            "cargo deb said it wrote {}, which is not there",
+            deb.display()
+        );
     }
     Ok(deb)
 }

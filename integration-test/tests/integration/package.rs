@@ -55,16 +55,23 @@ struct Unpacked {
 
 impl Unpacked {
     fn new(test: &str) -> Unpacked {
-        let dir = std::env::temp_dir().join(format!("tracer-package-{test}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("tracer-package-{test}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let unpacked = Unpacked {
             root: dir.join("root"),
             control: dir.join("control"),
             dir,
         };
+        fs::create_dir_all(&unpacked.dir).expect("scratch dir");
         let deb = deb();
         run_ok(Command::new("dpkg").arg("-x").arg(&deb).arg(&unpacked.root));
-        run_ok(Command::new("dpkg").arg("-e").arg(&deb).arg(&unpacked.control));
+        run_ok(
+            Command::new("dpkg")
+                .arg("-e")
+                .arg(&deb)
+                .arg(&unpacked.control),
+        );
         unpacked
     }
 
@@ -162,7 +169,10 @@ fn the_package_holds_what_the_unit_names_and_starts_nothing() {
         environment_files[0],
         documentation[0].trim_start_matches("file://"),
     ] {
-        assert!(package.installed(path).is_file(), "{path} not in the package");
+        assert!(
+            package.installed(path).is_file(),
+            "{path} not in the package"
+        );
     }
     assert!(
         package
@@ -173,7 +183,11 @@ fn the_package_holds_what_the_unit_names_and_starts_nothing() {
     );
 
     let control = package.control_file("control");
-    for field in ["Package: tracer\n", "Section: net\n", "Priority: optional\n"] {
+    for field in [
+        "Package: tracer\n",
+        "Section: net\n",
+        "Priority: optional\n",
+    ] {
         assert!(control.contains(field), "{field:?} not in\n{control}");
     }
     let depends = control
@@ -182,7 +196,10 @@ fn the_package_holds_what_the_unit_names_and_starts_nothing() {
         .unwrap_or_else(|| panic!("no Depends in\n{control}"));
     assert!(depends.contains("libc6"), "Depends: {depends}");
     assert_eq!(
-        package.control_file("conffiles").lines().collect::<Vec<_>>(),
+        package
+            .control_file("conffiles")
+            .lines()
+            .collect::<Vec<_>>(),
         ["/etc/default/tracer"]
     );
 
@@ -196,11 +213,12 @@ fn the_package_holds_what_the_unit_names_and_starts_nothing() {
     );
     for script in ["preinst", "postinst", "prerm", "postrm"] {
         let text = package.control_file(script);
-        for starts in ["deb-systemd-invoke start", "systemctl start", "enable --now"] {
-            assert!(
-                !text.contains(starts),
-                "{script} runs {starts:?}:\n{text}"
-            );
+        for starts in [
+            "deb-systemd-invoke start",
+            "systemctl start",
+            "enable --now",
+        ] {
+            assert!(!text.contains(starts), "{script} runs {starts:?}:\n{text}");
         }
     }
 }
