@@ -116,7 +116,7 @@ fn cargo_deb() -> Result<()> {
     if version.contains(CARGO_DEB_VERSION) {
         return Ok(());
     }
-    eprintln!("xtask: building cargo-deb {CARGO_DEB_VERSION} (a minute or two)");
+    eprintln!("xtask: building cargo-deb {CARGO_DEB_VERSION} (a few minutes)");
     exec::run(command("cargo").args([
         "install",
         "cargo-deb",
