@@ -1,5 +1,6 @@
 //! `cargo xtask <command>`: every command a user or CI runs. Each one first
 //! makes sure the machine has what it needs (`setup`, idempotent).
+mod dist;
 mod exec;
 mod fuzz;
 mod lint;
@@ -24,6 +25,8 @@ enum Command {
     Setup,
     /// Build the tracer (release) with its kernel programs.
     Build,
+    /// Build the Debian package (cargo-deb): target/debian/tracer_*.deb.
+    Dist,
     /// Build, then run the tracer as root with these arguments.
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -100,6 +103,10 @@ fn run(command: Command) -> Result<()> {
     // What each command needs, and no more (a build needs no nginx).
     match &command {
         Command::Build | Command::Run { .. } | Command::Fuzz { .. } => setup::toolchain()?,
+        Command::Dist => {
+            setup::toolchain()?;
+            setup::packaging()?;
+        }
         Command::VmTest { .. } => {
             setup::toolchain()?;
             setup::test_tools()?;
@@ -112,6 +119,11 @@ fn run(command: Command) -> Result<()> {
     match command {
         Command::Setup => Ok(()),
         Command::Build => build(&root).map(|_| ()),
+        Command::Dist => {
+            let deb = dist::run(&root)?;
+            println!("{}", deb.display());
+            Ok(())
+        }
         Command::Run { args } => {
             let tracer = build(&root)?;
             exec::run(exec::command(&tracer).args(args))
@@ -192,6 +204,11 @@ fn test_stages(root: &std::path::Path, stages: &mut Stages) -> Result<()> {
     stages.run("lint", || lint(root))?;
     let tracer = stages.run("build", || build(root))?;
     let harness_bin = root.join("target/release/harness");
+    // The package around the binary just built (no second build; fast
+    // compression: the tests unpack it and throw it away).
+    let deb = stages.run("package (cargo deb)", || {
+        dist::package(root, dist::Compression::Fast)
+    })?;
     // Unit tests of the default members, in the release profile the build
     // already compiled (a debug profile would compile everything again).
     stages.run("unit tests", || {
@@ -207,6 +224,7 @@ fn test_stages(root: &std::path::Path, stages: &mut Stages) -> Result<()> {
                 .args(["--", "--test-threads=1"])
                 .env("TRACER_BIN", &tracer)
                 .env("HARNESS_BIN", &harness_bin)
+                .env("TRACER_DEB", &deb)
                 .env("HARNESS_VENV", root.join(".venv")),
         )
     })?;

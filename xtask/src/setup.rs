@@ -1,6 +1,7 @@
 //! Idempotent machine setup, each step skipped when already done, in the
 //! parts the commands need: the toolchain (rust-src, LLVM 22 and bpf-linker
-//! built against it: what a build needs), the test tools, and the Python venv.
+//! built against it: what a build needs), the packager, the test tools, and
+//! the Python venv.
 use std::{fs, path::Path};
 
 use anyhow::{Context as _, Result, bail};
@@ -8,6 +9,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::exec::{self, command, output};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+const CARGO_DEB_VERSION: &str = "3.8.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// Debian packages: LLVM 22 for bpf-linker.
 const TOOLCHAIN_PACKAGES: [&str; 4] = [
@@ -18,12 +20,15 @@ const TOOLCHAIN_PACKAGES: [&str; 4] = [
 ];
 /// Debian packages: nginx and wrk for the collateral-cost bench; bpftool
 /// for the test that checks nothing of ours stays loaded after the tracer
-/// is killed.
-const TEST_PACKAGES: [&str; 3] = ["nginx-light", "wrk", "bpftool"];
+/// is killed; systemd for `systemd-analyze verify` of the packaged unit.
+const TEST_PACKAGES: [&str; 4] = ["nginx-light", "wrk", "bpftool", "systemd"];
+/// Debian packages: dpkg-shlibdeps, which cargo-deb runs for `depends = "$auto"`.
+const PACKAGING_PACKAGES: [&str; 1] = ["dpkg-dev"];
 
 /// Everything: `cargo xtask setup`, and what the tests and the bench need.
 pub fn all(root: &Path) -> Result<()> {
     toolchain()?;
+    packaging()?;
     test_tools()?;
     venv(root)
 }
@@ -33,6 +38,12 @@ pub fn toolchain() -> Result<()> {
     rust_components()?;
     apt_install(&TOOLCHAIN_PACKAGES)?;
     bpf_linker()
+}
+
+/// What `cargo xtask dist` needs beside the toolchain: cargo-deb, dpkg-dev.
+pub fn packaging() -> Result<()> {
+    apt_install(&PACKAGING_PACKAGES)?;
+    cargo_deb()
 }
 
 /// What the tests and the bench run beside the tracer and the app.
@@ -98,6 +109,21 @@ fn bpf_linker() -> Result<()> {
                 format!("-L {LLVM_PREFIX}/lib -C link-args=-Wl,-rpath,{LLVM_PREFIX}/lib"),
             ),
     )
+}
+
+fn cargo_deb() -> Result<()> {
+    let version = output(command("cargo").args(["deb", "--version"])).unwrap_or_default();
+    if version.contains(CARGO_DEB_VERSION) {
+        return Ok(());
+    }
+    eprintln!("xtask: building cargo-deb {CARGO_DEB_VERSION} (a few minutes)");
+    exec::run(command("cargo").args([
+        "install",
+        "cargo-deb",
+        "--locked",
+        "--version",
+        CARGO_DEB_VERSION,
+    ]))
 }
 
 /// `.venv` with the pinned requirements (the app the tests and the soak

@@ -7,6 +7,7 @@ mod cli;
 mod collector;
 mod otel_env;
 mod overload;
+mod package;
 mod prometheus;
 mod robustness;
 mod routes;
