@@ -246,6 +246,37 @@ async fn runs_as_nobody_with_the_units_capabilities() {
         "{stderr}"
     );
     assert!(stderr.contains("CAP_PERFMON"), "{stderr}");
+
+    // The host service's way, under the same set: the exec hook finds a
+    // gunicorn started after the tracer (and reads its /proc entries).
+    let mut command = tracer_as_nobody("+bpf,+perfmon,+dac_read_search,+sys_ptrace");
+    command.args([
+        "--exe",
+        "gunicorn",
+        "--otlp-endpoint",
+        "none",
+        "--print",
+        "json",
+    ]);
+    let mut selecting = launch(command);
+    let later = start_app(WorkerClass::Sync, &[]).await;
+    requests(later.addr(), "/missing", 5).await;
+    let stdout = selecting.take_stdout().expect("stdout");
+    let reader = tokio::task::spawn_blocking(move || {
+        std::io::BufRead::lines(std::io::BufReader::new(stdout))
+            .map_while(Result::ok)
+            .filter(|line| line.contains("\"path\":\"/missing\""))
+            .take(5)
+            .count()
+    });
+    let seen =
+        tokio::time::timeout(harness::patience::ceiling(Duration::from_secs(30)), reader).await;
+    drop(selecting);
+    assert_eq!(
+        seen.ok().and_then(Result::ok),
+        Some(5),
+        "as nobody, --exe traces a gunicorn started after it"
+    );
 }
 
 /// The tracer as user `nobody` holding only `caps` (setpriv syntax, such as
