@@ -353,12 +353,10 @@ mod tests {
 
     use harness::sink::{AttrValue, Sink};
     use opentelemetry_sdk::Resource;
-    use tracer_common::{AF_INET, ConnMeta};
 
     use super::*;
     use crate::{
         assembly::CompletedRequest,
-        http::RequestHead,
         telemetry::{
             otel_env::{self, Flags},
             routes::RouteConfig,
@@ -366,28 +364,9 @@ mod tests {
     };
 
     fn request(tgid: u32) -> CompletedRequest {
-        let mut peer_addr = [0; 16];
-        peer_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
         CompletedRequest {
             tgid,
-            request: RequestHead {
-                method: "GET".into(),
-                path: "/users/42".into(),
-                minor_version: 1,
-                head_len: 40,
-            },
-            status: 200,
-            start_ns: 1_000,
-            first_read_ns: 1_500,
-            end_ns: 9_000,
-            meta: Some(ConnMeta {
-                family: AF_INET,
-                local_port: 8000,
-                peer_port: 40000,
-                _pad: 0,
-                peer_addr,
-            }),
-            response_bytes: 100,
+            ..crate::telemetry::spans::tests::request_to("/users/42", 200)
         }
     }
 

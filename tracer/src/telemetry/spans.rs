@@ -164,7 +164,7 @@ impl SpanBuilder {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use tracer_common::ConnMeta;
 
     use std::sync::Arc;
@@ -180,7 +180,8 @@ mod tests {
         request_to("/work", status)
     }
 
-    fn request_to(path: &str, status: u16) -> CompletedRequest {
+    /// A finished request to `path`, as the exporter's tests use it too.
+    pub(crate) fn request_to(path: &str, status: u16) -> CompletedRequest {
         let mut peer_addr = [0; 16];
         peer_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
         CompletedRequest {
