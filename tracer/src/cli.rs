@@ -92,30 +92,31 @@ pub struct Args {
     #[arg(long, value_enum)]
     pub otlp_protocol: Option<OtlpProtocol>,
     /// Also print each finished request as one JSON object per line on stdout.
-    #[arg(long, value_enum)]
+    #[arg(long, env = "TRACER_PRINT", value_enum)]
     pub print: Option<PrintFormat>,
     /// Keep query strings in `url.path` (they may hold secrets: off by default).
     #[arg(long, env = "TRACER_KEEP_QUERY_STRING")]
     pub keep_query_string: bool,
     /// Kernel hook set: auto picks the cheapest this kernel accepts
     /// (fentry, then tracepoints, then kprobes).
-    #[arg(long, value_enum, default_value = "auto")]
+    #[arg(long, env = "TRACER_PROBES", value_enum, default_value = "auto")]
     pub probes: ProbeChoice,
     /// Requests waiting for export before new ones are dropped (and counted).
-    #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "TRACER_QUEUE_SIZE", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..))]
     pub queue_size: u32,
     /// Seconds between loss summaries in the log and metric exports (over
     /// OTEL_METRIC_EXPORT_INTERVAL) [default: 10].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "TRACER_STATS_INTERVAL", value_parser = clap::value_parser!(u64).range(1..))]
     pub stats_interval: Option<u64>,
     /// Serve Prometheus metrics at GET /metrics on this port [default: off].
-    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, env = "TRACER_PROMETHEUS_PORT", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub prometheus_port: Option<u16>,
     /// Address the Prometheus endpoint listens on: every interface, as a
     /// scraper on another host needs; 127.0.0.1 keeps it on this host.
     #[arg(
         long,
         value_name = "IP",
+        env = "TRACER_PROMETHEUS_ADDRESS",
         default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         requires = "prometheus_port"
     )]
@@ -124,21 +125,31 @@ pub struct Args {
     // Routes and cardinality (docs/routes.md).
     /// Route pattern giving `http.route` and the span name (repeatable):
     /// `{name}` matches one segment, a trailing `{name...}` the rest.
-    #[arg(long = "route", value_name = "PATTERN")]
+    #[arg(
+        long = "route",
+        value_name = "PATTERN",
+        env = "TRACER_ROUTE",
+        value_delimiter = ','
+    )]
     pub routes: Vec<RoutePattern>,
     /// `http.route` of a path no `--route` matches.
-    #[arg(long, value_enum, default_value = "heuristic")]
+    #[arg(
+        long,
+        env = "TRACER_UNMATCHED_ROUTE",
+        value_enum,
+        default_value = "heuristic"
+    )]
     pub unmatched_route: UnmatchedRoute,
     /// Distinct children a node of the heuristic's route trie learns; past
     /// them, other segments there become `{id}`.
-    #[arg(long, default_value_t = routes::DEFAULT_COLLAPSE_CHILDREN, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "TRACER_ROUTE_COLLAPSE_CHILDREN", default_value_t = routes::DEFAULT_COLLAPSE_CHILDREN, value_parser = clap::value_parser!(u32).range(1..))]
     pub route_collapse_children: u32,
     /// Distinct `http.route` values in metrics; new ones past it are
     /// recorded as `http.route=""` with `otel.metric.overflow=true`.
-    #[arg(long, default_value_t = routes::DEFAULT_ROUTE_LIMIT, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "TRACER_ROUTE_LIMIT", default_value_t = routes::DEFAULT_ROUTE_LIMIT, value_parser = clap::value_parser!(u32).range(1..))]
     pub route_limit: u32,
     /// Distinct server span names; new ones past it are named `{method}`.
-    #[arg(long, default_value_t = routes::DEFAULT_SPAN_NAME_LIMIT, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "TRACER_SPAN_NAME_LIMIT", default_value_t = routes::DEFAULT_SPAN_NAME_LIMIT, value_parser = clap::value_parser!(u32).range(1..))]
     pub span_name_limit: u32,
 }
 

@@ -323,6 +323,15 @@ fn bad_selectors_and_config_files_are_clear_errors() {
     assert!(stderr.contains("does not exist"), "{stderr}");
     let (code, stderr) = run(&["--port", "8000-7000"]);
     assert_eq!(code, exit_code(Exit::Usage), "{stderr}");
+    // The TRACER_* variables are the same settings as the flags.
+    let output = Command::new(tracer_bin())
+        .env("TRACER_CGROUP", "/no/such/cgroup")
+        .args(["--otlp-endpoint", "none"])
+        .output()
+        .expect("tracer runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), exit_code(Exit::Usage), "{stderr}");
+    assert!(stderr.contains("does not exist"), "{stderr}");
     let (code, stderr) = run(&[]);
     assert_eq!(code, exit_code(Exit::Usage), "{stderr}");
     assert!(stderr.contains("nothing to trace"), "{stderr}");
