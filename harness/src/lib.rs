@@ -20,6 +20,7 @@ pub mod overload;
 pub mod patience;
 pub mod plot;
 pub mod report;
+pub mod selection;
 pub mod setup;
 pub mod sink;
 pub mod soak;

@@ -1,7 +1,7 @@
 //! `harness`: the benchmark (`harness bench`, run by `cargo xtask bench`), the
 //! load generator on its own (`harness load`), the OTLP sink on its own
 //! (`harness sink`), and the tracer's own measurements: `harness cost`,
-//! `harness overload` and `harness soak`.
+//! `harness overload`, `harness soak` and `harness selection`.
 
 use std::io::Write as _;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -16,6 +16,7 @@ use harness::bench::{self, BenchOptions, PUBLISHED_LEVELS, Progress, Rates};
 use harness::cost::{self, CostOptions};
 use harness::loadgen::{self, LoadConfig};
 use harness::overload::{self, OverloadOptions};
+use harness::selection::{self, SelectionOptions};
 use harness::setup::{Setup, host_name};
 use harness::sink::Sink;
 use harness::soak::{self, SoakOptions};
@@ -46,6 +47,9 @@ enum Command {
     /// The tracer under a fast nginx: a traced rate sweep (spans, losses,
     /// CPU, memory) and served latency with and without it.
     Overload(OverloadOptions),
+    /// How soon a process selected by --exe is traced after its exec, and
+    /// the tracer's CPU with selectors active, idle and under 100 execs/s.
+    Selection(SelectionOptions),
 }
 
 #[derive(Args)]
@@ -179,6 +183,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Overload(options) => {
             measure::pin_to_tools_core()?;
             let text = runtime()?.block_on(overload::run(&options))?;
+            publish(&text, options.out.as_deref())
+        }
+        Command::Selection(options) => {
+            measure::pin_to_tools_core()?;
+            let text = runtime()?.block_on(selection::run(&options))?;
             publish(&text, options.out.as_deref())
         }
     }
