@@ -201,13 +201,17 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     report.tick().await;
 
     loop {
+        // With nothing traced and no connection open, no record can be
+        // waiting unwoken (execs and listens wake the daemon themselves):
+        // the periodic drain sleeps, so an idle tracer costs one tick a second.
+        let idle = selection.registry.is_empty() && assembler.open_connections() == 0;
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.map_err(io("waiting for the ring buffer"))?;
                 tree_changed |= read_events(guard.get_inner_mut(), &mut assembler, &mut selection, &stats, &mut done);
                 guard.clear_ready();
             }
-            _ = &mut drain => {
+            _ = &mut drain, if !idle => {
                 tree_changed |= read_events(ring.get_mut(), &mut assembler, &mut selection, &stats, &mut done);
                 let rate = done.len() as f64 / drain_period.as_secs_f64();
                 drain_period = if rate >= BUSY_REQUESTS_PER_SECOND {

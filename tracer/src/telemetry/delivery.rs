@@ -167,6 +167,11 @@ impl Delivery {
         }
     }
 
+    /// Whether nothing waits or is in flight: no retry or dispatch is due.
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty() && self.in_flight.is_empty()
+    }
+
     /// Whether exports are in flight (then [`Delivery::finished`] resolves).
     pub fn busy(&self) -> bool {
         !self.in_flight.is_empty()

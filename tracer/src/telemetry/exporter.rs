@@ -201,14 +201,19 @@ impl Export {
 
     async fn run(mut self, mut receiver: mpsc::Receiver<ExportItem>) {
         let mut ticker = tokio::time::interval(BATCH_DELAY);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let in_flight = self.otlp.as_ref().is_some_and(|otlp| otlp.delivery.busy());
+            // Idle, the batch timer sleeps: nothing is due before a request.
+            let pending = self.otlp.as_ref().is_some_and(|otlp| {
+                !otlp.delivery.is_empty() || self.live.values().any(|live| !live.batch.is_empty())
+            });
             tokio::select! {
                 item = receiver.recv() => match item {
                     Some(item) => self.handle(item),
                     None => break,
                 },
-                _ = ticker.tick() => self.deliver_all(),
+                _ = ticker.tick(), if pending => self.deliver_all(),
                 _ = async { self.otlp.as_mut().expect("busy implies OTLP").delivery.finished().await }, if in_flight => {}
             }
         }
