@@ -124,6 +124,12 @@ impl Counts {
         self.ok_2xx + self.non_2xx.values().sum::<u64>()
     }
 
+    /// Requests that failed outright: connect errors, timeouts, resets and
+    /// other errors (not the unfinished ones at the end of a run).
+    pub fn failures(&self) -> u64 {
+        self.connect_errors + self.timeouts + self.resets + self.other_errors
+    }
+
     fn failure(&mut self, failure: Failure) {
         let slot = match failure {
             Failure::Connect => &mut self.connect_errors,

@@ -14,7 +14,7 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -22,6 +22,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::{
     affinity::pin_current_thread,
     app::{self, App, AppOptions, Config},
+    clock,
     cpu::BpfStatsGuard,
     loadgen,
     measure::{SERVER_CORE, TOOLS_CORE, TracerCpu, TracerCpuUsage},
@@ -199,13 +200,7 @@ fn start_tracer(
     selectors: &[&str],
     log: &Path,
 ) -> Result<TracerProcess> {
-    let mut command = Command::new("taskset");
-    command
-        .args(["-c", &TOOLS_CORE.to_string()])
-        .arg(bin)
-        .args(selectors)
-        .args(["--otlp-endpoint", endpoint]);
-    Launch::new(command)
+    Launch::pinned(bin, TOOLS_CORE, selectors, endpoint)
         .log_file(log.to_owned())
         .start()
         .context("starting the tracer")
@@ -249,7 +244,7 @@ async fn measure_start(
     app_options.app_core = SERVER_CORE;
     app_options.tools_core = TOOLS_CORE;
     app_options.log_dir = log_dir.to_owned();
-    let exec_unix_ns = unix_now_ns();
+    let exec_unix_ns = clock::unix_ns();
     let exec = Instant::now();
     let (app, fired) = tokio::join!(App::start(&app_options), fire(addr, options.requests, exec));
     let app = app.context("starting gunicorn")?;
@@ -343,14 +338,6 @@ impl InstanceSpans {
         }
         found
     }
-}
-
-fn unix_now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| {
-            u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
-        })
 }
 
 /// What one window of the exec loop did.

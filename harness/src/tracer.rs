@@ -87,13 +87,19 @@ impl Launch {
         core: usize,
         extra_args: &[&str],
     ) -> Self {
+        let pid = pid.to_string();
+        let selection = ["--pid", &pid, "--service-name", service];
+        Self::pinned(bin, core, &[&selection[..], extra_args].concat(), endpoint)
+    }
+
+    /// `bin args… --otlp-endpoint endpoint`, pinned to `core`.
+    pub fn pinned(bin: &Path, core: usize, args: &[&str], endpoint: &str) -> Self {
         let mut command = Command::new("taskset");
         command
             .args(["-c", &core.to_string()])
             .arg(bin)
-            .args(["--pid", &pid.to_string(), "--service-name", service])
-            .args(["--otlp-endpoint", endpoint])
-            .args(extra_args);
+            .args(args)
+            .args(["--otlp-endpoint", endpoint]);
         Self::new(command)
     }
 

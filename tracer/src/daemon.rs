@@ -346,12 +346,7 @@ impl Selection {
             self.adopt(process, services)?;
         }
         for (index, service) in self.registry.services().iter().enumerate() {
-            let traced = self.registry.tasks().iter().any(|&task| {
-                self.registry
-                    .instance_of(task)
-                    .is_some_and(|instance| instance.service == index)
-            });
-            if !traced {
+            if !self.registry.serves(index) {
                 log::warn!(
                     "service #{} ({}): no running process matches its selectors yet; waiting for one",
                     index + 1,
@@ -397,11 +392,15 @@ impl Selection {
     /// A process replaced its image: a new one may be selected, and a
     /// traced root is renamed after what it became.
     fn on_exec(&mut self, tgid: u32) {
+        let traced = self.registry.is_traced(tgid);
+        if traced && !self.registry.is_root(tgid) {
+            return;
+        }
         // A short-lived process may be gone already: nothing to trace.
         let Some(process) = ProcessInfo::read(tgid) else {
             return;
         };
-        if !self.registry.is_traced(tgid) {
+        if !traced {
             self.adopt_if_selected(&process, &BTreeSet::new());
         } else if let Some(instance) = self.registry.renew(&process) {
             log::info!(

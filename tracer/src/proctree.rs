@@ -64,17 +64,7 @@ pub fn listening_ports(pids: &BTreeSet<u32>) -> BTreeSet<u16> {
     // (milliseconds on a busy host): read it once per network namespace.
     let mut namespaces = HashMap::new();
     for pid in pids {
-        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            if let Some(inode) = fs::read_link(fd.path())
-                .ok()
-                .and_then(|target| socket_inode(&target.to_string_lossy()))
-            {
-                inodes.insert(inode);
-            }
-        }
+        inodes.extend(socket_inodes(*pid));
         if let Ok(namespace) = fs::metadata(format!("/proc/{pid}/ns/net")) {
             use std::os::unix::fs::MetadataExt as _;
             namespaces.entry(namespace.ino()).or_insert(*pid);
@@ -89,6 +79,15 @@ pub fn listening_ports(pids: &BTreeSet<u32>) -> BTreeSet<u16> {
         }
     }
     ports
+}
+
+/// The inodes of the sockets among `pid`'s open files.
+fn socket_inodes(pid: u32) -> impl Iterator<Item = u64> {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|fd| socket_inode(&fs::read_link(fd.path()).ok()?.to_string_lossy()))
 }
 
 fn socket_inode(link: &str) -> Option<u64> {
@@ -134,14 +133,8 @@ pub fn listeners_on(ports: &BTreeSet<u16>) -> HashMap<u32, BTreeSet<u16>> {
         return listeners;
     }
     for pid in all_pids() {
-        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            let inode = fs::read_link(fd.path())
-                .ok()
-                .and_then(|target| socket_inode(&target.to_string_lossy()));
-            if let Some(port) = inode.and_then(|inode| wanted.get(&inode)) {
+        for inode in socket_inodes(pid) {
+            if let Some(port) = wanted.get(&inode) {
                 listeners.entry(pid).or_default().insert(*port);
             }
         }

@@ -63,6 +63,18 @@ impl Registry {
         self.members.contains_key(&task)
     }
 
+    /// Whether `pid` is the root process of an instance.
+    pub fn is_root(&self, pid: u32) -> bool {
+        self.roots.contains_key(&pid)
+    }
+
+    /// Whether service `index` has an instance.
+    pub fn serves(&self, index: usize) -> bool {
+        self.roots
+            .values()
+            .any(|instance| instance.service == index)
+    }
+
     /// Live tasks.
     pub fn tasks(&self) -> BTreeSet<u32> {
         self.members.keys().copied().collect()
