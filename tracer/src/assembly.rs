@@ -31,6 +31,9 @@ pub struct CompletedRequest {
     /// Addresses, when the tracer saw the connection being established.
     pub meta: Option<ConnMeta>,
     pub response_bytes: u64,
+    /// The request headers named by `--capture-header`, in the order they
+    /// came: lowercase name and value, as the kernel copied them.
+    pub captured_headers: Vec<(String, String)>,
 }
 
 /// What assembly could not turn into spans, by reason.
@@ -352,6 +355,7 @@ impl Connection {
             end_ns: exchange.last_write_ns,
             meta: self.meta,
             response_bytes: exchange.response_bytes,
+            captured_headers: Vec::new(),
         });
     }
 }

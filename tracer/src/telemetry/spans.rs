@@ -6,7 +6,7 @@
 use std::{borrow::Cow, net::IpAddr};
 
 use opentelemetry::{
-    InstrumentationScope, KeyValue,
+    Array, InstrumentationScope, KeyValue, StringValue, Value,
     trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState},
 };
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SpanData, SpanEvents, SpanLinks};
@@ -51,6 +51,32 @@ pub fn metric_attributes(request: &CompletedRequest) -> Vec<KeyValue> {
     attributes
 }
 
+/// `--capture-header` values as the semantic conventions give them:
+/// `http.request.header.<name>`, a string array holding every value of the
+/// header in order, and `user_agent.original` for User-Agent.
+fn push_captured_headers(attributes: &mut Vec<KeyValue>, headers: &[(String, String)]) {
+    let mut names: Vec<&str> = Vec::new();
+    for (name, value) in headers {
+        if name == "user-agent" && !names.contains(&"user-agent") {
+            attributes.push(KeyValue::new("user_agent.original", value.clone()));
+        }
+        if !names.contains(&name.as_str()) {
+            names.push(name);
+        }
+    }
+    for name in names {
+        let values: Vec<StringValue> = headers
+            .iter()
+            .filter(|(other, _)| other == name)
+            .map(|(_, value)| value.clone().into())
+            .collect();
+        attributes.push(KeyValue::new(
+            format!("http.request.header.{name}"),
+            Value::Array(Array::String(values)),
+        ));
+    }
+}
+
 pub struct SpanBuilder {
     ids: RandomIdGenerator,
     scope: InstrumentationScope,
@@ -89,6 +115,7 @@ impl SpanBuilder {
             attributes.push(KeyValue::new("client.address", address.to_string()));
             attributes.push(KeyValue::new("client.port", i64::from(port)));
         }
+        push_captured_headers(&mut attributes, &request.captured_headers);
         let status = if request.status >= 500 {
             Status::error(format!("HTTP {}", request.status))
         } else {
@@ -204,6 +231,7 @@ pub(crate) mod tests {
                 peer_addr,
             }),
             response_bytes: 100,
+            captured_headers: Vec::new(),
         }
     }
 
@@ -272,6 +300,35 @@ pub(crate) mod tests {
         let [no_route, ..] = spans_of(&request_to("*", 200));
         assert_eq!(no_route.name, "GET");
         assert_eq!(attribute(&no_route, "http.route"), None);
+    }
+
+    #[test]
+    fn captured_headers_become_string_arrays() {
+        let mut request = request(200);
+        request.captured_headers = vec![
+            ("x-tenant".into(), "a".into()),
+            ("user-agent".into(), "curl/8".into()),
+            ("x-tenant".into(), "b".into()),
+        ];
+        let [server, queue, _] = spans_of(&request);
+        let strings = |values: &[&str]| {
+            opentelemetry::Value::Array(opentelemetry::Array::String(
+                values.iter().map(|v| v.to_string().into()).collect(),
+            ))
+        };
+        assert_eq!(
+            attribute(&server, "http.request.header.x-tenant"),
+            Some(&strings(&["a", "b"]))
+        );
+        assert_eq!(
+            attribute(&server, "http.request.header.user-agent"),
+            Some(&strings(&["curl/8"]))
+        );
+        assert_eq!(
+            attribute(&server, "user_agent.original").unwrap().as_str(),
+            "curl/8"
+        );
+        assert!(queue.attributes.is_empty(), "on the server span only");
     }
 
     #[test]
