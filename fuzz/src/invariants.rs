@@ -403,6 +403,7 @@ mod tests {
             end_ns: 0,
             meta: None,
             response_bytes: 0,
+            response_body_bytes: None,
             captured_headers: Vec::new(),
         }
     }

@@ -29,12 +29,9 @@ const LOG_TAIL_LINES: usize = 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TracerError {
-    #[error("cannot {action}")]
-    Io {
-        action: String,
-        #[source]
-        source: io::Error,
-    },
+    /// The cause is in the message: tests print errors with `{}`.
+    #[error("cannot {action}: {cause}")]
+    Io { action: String, cause: io::Error },
     #[error("the tracer exited ({status}) before it was ready; last output:\n{tail}")]
     ExitedEarly { status: ExitStatus, tail: String },
     #[error("the tracer sent no READY=1 within {ceiling:?}; last output:\n{tail}")]
@@ -51,7 +48,7 @@ pub enum TracerError {
 
 fn io_error(action: impl Into<String>) -> impl FnOnce(io::Error) -> TracerError {
     let action = action.into();
-    move |source| TracerError::Io { action, source }
+    move |cause| TracerError::Io { action, cause }
 }
 
 /// How to start the tracer: the command (the binary, or a wrapper such as
@@ -156,7 +153,7 @@ impl Launch {
             .map_err(io_error(format!("start the tracer ({:?})", self.command)))?;
         let stderr = child.stderr.take().ok_or_else(|| TracerError::Io {
             action: "read the tracer's stderr".into(),
-            source: io::ErrorKind::BrokenPipe.into(),
+            cause: io::ErrorKind::BrokenPipe.into(),
         })?;
         log.follow(stderr, self.echo, file);
         let mut tracer = TracerProcess { child, log };

@@ -31,6 +31,8 @@ pub struct CompletedRequest {
     /// Addresses, when the tracer saw the connection being established.
     pub meta: Option<ConnMeta>,
     pub response_bytes: u64,
+    /// Of those, the body's (`http.server.response.body.size`), when known.
+    pub response_body_bytes: Option<u64>,
     /// The request headers named by `--capture-header`, in the order they
     /// came: lowercase name and value, as the kernel copied them.
     pub captured_headers: Vec<(String, String)>,
@@ -355,6 +357,7 @@ impl Connection {
             end_ns: exchange.last_write_ns,
             meta: self.meta,
             response_bytes: exchange.response_bytes,
+            response_body_bytes: response.body_len(exchange.response_bytes),
             captured_headers: Vec::new(),
         });
     }

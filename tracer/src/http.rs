@@ -38,6 +38,8 @@ pub struct ResponseHead {
     pub minor_version: u8,
     pub head_len: usize,
     pub body: BodyLength,
+    /// Whether `head_len` is the whole head's (not a capture cut short).
+    pub head_complete: bool,
 }
 
 impl ResponseHead {
@@ -47,6 +49,20 @@ impl ResponseHead {
         match self.body {
             BodyLength::None => Some(self.head_len as u64),
             BodyLength::Known(len) => Some((self.head_len as u64).saturating_add(len)),
+            BodyLength::Unknown => None,
+        }
+    }
+
+    /// Bytes of the body among the `written` bytes of the whole response
+    /// (chunk framing included: what crossed the wire after the head), or
+    /// `None` when where the head ends is not known.
+    pub fn body_len(&self, written: u64) -> Option<u64> {
+        match self.body {
+            BodyLength::None => Some(0),
+            BodyLength::Known(len) => Some(len.min(written.saturating_sub(self.head_len as u64))),
+            BodyLength::Unknown if self.head_complete => {
+                Some(written.saturating_sub(self.head_len as u64))
+            }
             BodyLength::Unknown => None,
         }
     }
@@ -115,6 +131,7 @@ pub fn parse_response_line(bytes: &[u8]) -> Option<ResponseHead> {
             minor_version: response.version?,
             head_len: bytes.len(),
             body: BodyLength::Unknown,
+            head_complete: false,
         }),
         Err(_) => None,
     }
@@ -153,6 +170,7 @@ pub fn parse_response(bytes: &[u8], request_method: &str) -> Parsed<ResponseHead
         minor_version,
         head_len,
         body,
+        head_complete: true,
     })
 }
 
@@ -208,6 +226,7 @@ mod tests {
     fn status_line_of_a_cut_head() {
         let head = parse_response_line(b"HTTP/1.1 404 Not Found\r\nServer: x\r\nX-Lo").unwrap();
         assert_eq!((head.status, head.body), (404, BodyLength::Unknown));
+        assert_eq!(head.body_len(5000), None, "where the head ends is unknown");
         assert!(parse_response_line(b"HTTP/1.1 40").is_none());
     }
 
@@ -219,15 +238,19 @@ mod tests {
         };
         assert_eq!(head.status, 200);
         assert_eq!(head.total_len(), Some(ok.len() as u64 + 48889));
+        assert_eq!(head.body_len(ok.len() as u64 + 48889), Some(48889));
         let Parsed::Complete(head) = parse_response(ok, "HEAD") else {
             panic!("not parsed");
         };
         assert_eq!(head.body, BodyLength::None);
+        assert_eq!(head.body_len(ok.len() as u64), Some(0));
         let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
         let Parsed::Complete(head) = parse_response(chunked, "GET") else {
             panic!("not parsed");
         };
         assert_eq!(head.body, BodyLength::Unknown);
+        // Chunk framing counts: it is what followed the head on the wire.
+        assert_eq!(head.body_len(chunked.len() as u64 + 15), Some(15));
         assert_eq!(
             parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: -3\r\n\r\n", "GET"),
             Parsed::Invalid

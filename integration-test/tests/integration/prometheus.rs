@@ -18,6 +18,7 @@ use tracer::telemetry::exporter::DURATION_BUCKETS;
 use crate::support::*;
 
 const HISTOGRAM: &str = "http_server_request_duration_seconds";
+const BODY_SIZES: &str = "http_server_response_body_size_bytes";
 
 /// One sample line of an OpenMetrics exposition.
 #[derive(Debug)]
@@ -171,9 +172,9 @@ fn group_of(sample: &Sample) -> Group {
     )
 }
 
-/// The histogram's `suffix` samples (`_count`, `_sum`), added up by group.
-fn totals_by_group(samples: &[Sample], suffix: &str) -> HashMap<Group, f64> {
-    let name = format!("{HISTOGRAM}{suffix}");
+/// The `histogram`'s `suffix` samples (`_count`, `_sum`), added up by group.
+fn totals_by_group(samples: &[Sample], histogram: &str, suffix: &str) -> HashMap<Group, f64> {
+    let name = format!("{histogram}{suffix}");
     let mut totals = HashMap::new();
     for sample in samples.iter().filter(|sample| sample.name == name) {
         *totals.entry(group_of(sample)).or_default() += sample.value;
@@ -227,9 +228,11 @@ async fn a_scrape_counts_every_request_under_its_labels() {
     .expect("client");
     let mut expected: HashMap<Group, f64> = HashMap::new();
     let mut latency_by_group: HashMap<Group, f64> = HashMap::new();
+    let mut body_bytes_by_group: HashMap<Group, f64> = HashMap::new();
     for request in &sent {
         let group = (request.method.to_owned(), request.status.to_string());
         *expected.entry(group.clone()).or_default() += 1.0;
+        *body_bytes_by_group.entry(group.clone()).or_default() += request.body_bytes as f64;
         *latency_by_group.entry(group).or_default() += request.latency_ns as f64 / 1e9;
     }
     assert_eq!(
@@ -240,11 +243,11 @@ async fn a_scrape_counts_every_request_under_its_labels() {
 
     assert!(
         eventually(Duration::from_secs(20), || {
-            totals_by_group(&scrape(endpoint), "_count") == expected
+            totals_by_group(&scrape(endpoint), HISTOGRAM, "_count") == expected
         })
         .await,
         "scraped counts {:?}, sent {expected:?}",
-        totals_by_group(&scrape(endpoint), "_count")
+        totals_by_group(&scrape(endpoint), HISTOGRAM, "_count")
     );
     let samples = scrape(endpoint);
 
@@ -285,8 +288,14 @@ async fn a_scrape_counts_every_request_under_its_labels() {
             "{count:?}"
         );
     }
+    // Every response's body was counted, to the byte the client read.
+    assert_eq!(totals_by_group(&samples, BODY_SIZES, "_count"), expected);
+    assert_eq!(
+        totals_by_group(&samples, BODY_SIZES, "_sum"),
+        body_bytes_by_group
+    );
     // Each traced duration lies within what its client measured.
-    for (group, sum) in totals_by_group(&samples, "_sum") {
+    for (group, sum) in totals_by_group(&samples, HISTOGRAM, "_sum") {
         let client = latency_by_group[&group];
         assert!(
             sum > 0.0 && sum <= client,

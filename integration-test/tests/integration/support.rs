@@ -40,10 +40,13 @@ pub fn harness_bin() -> PathBuf {
 }
 
 /// The binary `variable` names, else the workspace's release build of `name`.
+/// A relative path is the workspace root's: cargo runs the tests from this
+/// crate's directory, where `target/release/tracer` does not exist.
 fn release_bin(variable: &str, name: &str) -> PathBuf {
+    let root = workspace_root();
     std::env::var_os(variable)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/release").join(name))
+        .map(|path| root.join(path))
+        .unwrap_or_else(|| root.join("target/release").join(name))
 }
 
 /// gunicorn serving the Flask app, untraced by the harness itself.
@@ -147,6 +150,8 @@ pub struct Sent {
     pub client_port: u16,
     pub started_unix_ns: u64,
     pub latency_ns: u64,
+    /// Bytes after the response head.
+    pub body_bytes: u64,
 }
 
 pub fn unix_ns() -> u64 {
@@ -172,6 +177,10 @@ pub fn request(addr: SocketAddr, method: &'static str, target: &str, body: &[u8]
     let mut response = Vec::new();
     stream.read_to_end(&mut response).expect("read response");
     let latency_ns = started.elapsed().as_nanos() as u64;
+    let head_end = response
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .map_or(response.len(), |at| at + 4);
     Sent {
         method,
         path: target.split('?').next().unwrap_or(target).to_owned(),
@@ -179,6 +188,7 @@ pub fn request(addr: SocketAddr, method: &'static str, target: &str, body: &[u8]
         client_port,
         started_unix_ns,
         latency_ns,
+        body_bytes: (response.len() - head_end) as u64,
     }
 }
 

@@ -37,12 +37,21 @@ use super::{
 };
 use crate::stats::Stats;
 
-/// The request duration histogram and the loss counter, as named in OTLP.
+/// The request duration and response size histograms and the loss counter,
+/// as named in OTLP.
 pub const DURATION_METRIC: &str = "http.server.request.duration";
+pub const BODY_SIZE_METRIC: &str = "http.server.response.body.size";
 pub const DROPPED_METRIC: &str = "tracer.dropped";
 /// Semantic-convention bucket boundaries for `http.server.request.duration`.
 pub const DURATION_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+/// Body sizes in bytes: powers of four from 64 B to 64 MiB (the
+/// conventions give no boundaries for sizes; the SDK's defaults are for
+/// milliseconds).
+pub const BODY_SIZE_BUCKETS: [f64; 11] = [
+    64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
+    67108864.0,
 ];
 const BATCH_DELAY: Duration = Duration::from_millis(500);
 
@@ -142,8 +151,33 @@ struct Live {
     instance: Arc<Instance>,
     /// Sampled requests not yet handed to delivery.
     batch: Batch,
-    /// Its OTLP meter provider and duration histogram.
-    meters: Option<(SdkMeterProvider, Histogram<f64>)>,
+    /// Its OTLP meter provider and RED instruments.
+    meters: Option<(SdkMeterProvider, Instruments)>,
+}
+
+/// An instance's request duration and response body size histograms.
+struct Instruments {
+    duration: Histogram<f64>,
+    body_size: Histogram<u64>,
+}
+
+impl Instruments {
+    fn new(meter: &Meter) -> Self {
+        Self {
+            duration: meter
+                .f64_histogram(DURATION_METRIC)
+                .with_unit("s")
+                .with_description("Duration of HTTP server requests.")
+                .with_boundaries(DURATION_BUCKETS.to_vec())
+                .build(),
+            body_size: meter
+                .u64_histogram(BODY_SIZE_METRIC)
+                .with_unit("By")
+                .with_description("Size of HTTP server response bodies.")
+                .with_boundaries(BODY_SIZE_BUCKETS.to_vec())
+                .build(),
+        }
+    }
 }
 
 pub struct ExportHandle {
@@ -250,7 +284,7 @@ impl Export {
         let shared = attributes.len();
         resolved.push_metric_attributes(&mut attributes);
         if let Some(prometheus) = &self.prometheus {
-            prometheus.record(&instance, seconds, &attributes);
+            prometheus.record(&instance, seconds, request.response_body_bytes, &attributes);
         }
         let Some(otlp) = &mut self.otlp else {
             return;
@@ -262,15 +296,18 @@ impl Export {
                 let provider = otlp
                     .meters
                     .provider(Instance::key(&instance), instance.resource.clone());
-                let histogram = duration_histogram(&provider.meter("tracer"));
+                let instruments = Instruments::new(&provider.meter("tracer"));
                 Live {
                     instance,
                     batch: Vec::new(),
-                    meters: Some((provider, histogram)),
+                    meters: Some((provider, instruments)),
                 }
             });
-        if let Some((_, histogram)) = &live.meters {
-            histogram.record(seconds, &attributes);
+        if let Some((_, instruments)) = &live.meters {
+            instruments.duration.record(seconds, &attributes);
+            if let Some(bytes) = request.response_body_bytes {
+                instruments.body_size.record(bytes, &attributes);
+            }
         }
         if otlp.sampler.keeps() {
             // Past --route-limit the metric's route is the overflow's; the
@@ -343,15 +380,6 @@ impl Export {
     }
 }
 
-fn duration_histogram(meter: &Meter) -> Histogram<f64> {
-    meter
-        .f64_histogram(DURATION_METRIC)
-        .with_unit("s")
-        .with_description("Duration of HTTP server requests.")
-        .with_boundaries(DURATION_BUCKETS.to_vec())
-        .build()
-}
-
 #[cfg(test)]
 mod tests {
     use std::{collections::BTreeMap, net::SocketAddr};
@@ -371,6 +399,7 @@ mod tests {
     fn request(tgid: u32) -> CompletedRequest {
         CompletedRequest {
             tgid,
+            response_body_bytes: Some(60),
             ..crate::telemetry::spans::tests::request_to("/users/42", 200)
         }
     }
@@ -473,6 +502,13 @@ mod tests {
             .map(|metric| metric.points.iter().filter_map(|point| point.count).sum())
             .collect();
         assert_eq!(counts, [1, 2], "one's at retirement, then two's");
+        let sizes: Vec<(Option<u64>, Option<f64>)> = metrics
+            .iter()
+            .filter(|metric| metric.name == BODY_SIZE_METRIC)
+            .flat_map(|metric| &metric.points)
+            .map(|point| (point.count, point.sum))
+            .collect();
+        assert_eq!(sizes, [(Some(1), Some(60.0)), (Some(2), Some(120.0))]);
         let dropped = metrics.iter().find(|metric| metric.name == DROPPED_METRIC);
         assert_eq!(dropped.expect("tracer.dropped").service, "tracer");
         sink.shutdown().await;

@@ -1,6 +1,6 @@
 //! `--prometheus-port`: GET /metrics for Prometheus to scrape. It serves the
-//! duration histogram the OTLP exporter records, from the same attributes
-//! into the same buckets, and the tracer's own counters, named by the
+//! duration and body size histograms the OTLP exporter records, from the
+//! same attributes into the same buckets, and the tracer's own counters, named by the
 //! OpenTelemetry-to-Prometheus compatibility rules: dots become
 //! underscores, the unit and `_total` become suffixes. One endpoint serves
 //! several instances (and the tracer's own counters, under
@@ -38,7 +38,9 @@ use prometheus_client::{
 use tokio::net::TcpListener;
 
 use super::{
-    exporter::{DROPPED_METRIC, DURATION_BUCKETS, DURATION_METRIC},
+    exporter::{
+        BODY_SIZE_BUCKETS, BODY_SIZE_METRIC, DROPPED_METRIC, DURATION_BUCKETS, DURATION_METRIC,
+    },
     instance::{Instance, tracer_resource},
 };
 use crate::stats::Stats;
@@ -58,6 +60,28 @@ pub const RETIRED_SERIES_TTL: Duration = Duration::from_secs(300);
 
 type Labels = Vec<(String, String)>;
 
+/// The histograms of one label set.
+struct Series {
+    duration: Histogram,
+    body_size: Histogram,
+}
+
+impl Series {
+    fn new() -> Self {
+        Self {
+            duration: Histogram::new(DURATION_BUCKETS),
+            body_size: Histogram::new(BODY_SIZE_BUCKETS),
+        }
+    }
+
+    fn observe(&self, seconds: f64, body_bytes: Option<u64>) {
+        self.duration.observe(seconds);
+        if let Some(bytes) = body_bytes {
+            self.body_size.observe(bytes as f64);
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("cannot serve Prometheus metrics on {address}: {source}")]
 pub struct ListenError {
@@ -67,11 +91,11 @@ pub struct ListenError {
 }
 
 /// One resource's series: its `job` and `instance` labels, its
-/// `target_info` labels, and (an instance's) duration histograms.
+/// `target_info` labels, and (an instance's) histograms by label set.
 struct Target {
     identity: Labels,
     info: Labels,
-    durations: HashMap<Labels, Histogram>,
+    series: HashMap<Labels, Series>,
     retired_at: Option<Instant>,
     /// Keeps the key (the `Arc`'s address) from being reused meanwhile.
     _instance: Arc<Instance>,
@@ -83,7 +107,7 @@ impl Target {
         Self {
             identity,
             info,
-            durations: HashMap::new(),
+            series: HashMap::new(),
             retired_at: None,
             _instance: instance.clone(),
         }
@@ -120,8 +144,14 @@ pub struct Recorder {
 
 impl Recorder {
     /// `attributes` are the request's `metric_attributes`, exactly as the
-    /// OTLP histogram records them, so both carry the same label sets.
-    pub fn record(&self, instance: &Arc<Instance>, seconds: f64, attributes: &[KeyValue]) {
+    /// OTLP histograms record them, so both carry the same label sets.
+    pub fn record(
+        &self,
+        instance: &Arc<Instance>,
+        seconds: f64,
+        body_bytes: Option<u64>,
+        attributes: &[KeyValue],
+    ) {
         let labels = labels(attributes.iter().map(|kv| (&kv.key, &kv.value)));
         let mut targets = self.targets.lock();
         let target = targets
@@ -129,20 +159,20 @@ impl Recorder {
             .or_insert_with(|| Target::new(instance));
         // A request that was on its way when the instance was retired.
         target.retired_at = None;
-        if let Some(histogram) = target.durations.get(&labels) {
-            histogram.observe(seconds);
+        if let Some(series) = target.series.get(&labels) {
+            series.observe(seconds, body_bytes);
             return;
         }
-        let labels = if target.durations.len() < MAX_SERIES {
+        let labels = if target.series.len() < MAX_SERIES {
             labels
         } else {
             overflow_labels()
         };
         target
-            .durations
+            .series
             .entry(labels)
-            .or_insert_with(|| Histogram::new(DURATION_BUCKETS))
-            .observe(seconds);
+            .or_insert_with(Series::new)
+            .observe(seconds, body_bytes);
     }
 
     /// The instance is gone: its series go after [`RETIRED_SERIES_TTL`].
@@ -253,17 +283,29 @@ impl Collector for InstanceSeries {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         let mut targets = self.targets.lock();
         expire(&mut targets, Instant::now());
-        let name = prometheus_name(DURATION_METRIC);
-        let mut durations = encoder.encode_descriptor(
-            &name,
-            "Duration of HTTP server requests",
-            Some(&Unit::Seconds),
-            MetricType::Histogram,
-        )?;
-        for target in targets.values() {
-            for (labels, histogram) in &target.durations {
-                let labels: Labels = target.identity.iter().chain(labels).cloned().collect();
-                histogram.encode(durations.encode_family(&labels)?)?;
+        let histograms: [(_, _, _, fn(&Series) -> &Histogram); 2] = [
+            (
+                DURATION_METRIC,
+                "Duration of HTTP server requests",
+                Unit::Seconds,
+                |series| &series.duration,
+            ),
+            (
+                BODY_SIZE_METRIC,
+                "Size of HTTP server response bodies",
+                Unit::Bytes,
+                |series| &series.body_size,
+            ),
+        ];
+        for (metric, help, unit, histogram) in histograms {
+            let name = prometheus_name(metric);
+            let mut family =
+                encoder.encode_descriptor(&name, help, Some(&unit), MetricType::Histogram)?;
+            for target in targets.values() {
+                for (labels, series) in &target.series {
+                    let labels: Labels = target.identity.iter().chain(labels).cloned().collect();
+                    histogram(series).encode(family.encode_family(&labels)?)?;
+                }
             }
         }
         let mut info =
@@ -485,12 +527,13 @@ mod tests {
             KeyValue::new("server.port", 8000_i64),
         ];
         // Powers of two, so the sum is exact.
-        for seconds in [0.00390625, 0.125, 20.0] {
-            recorder.record(&shop, seconds, &ok);
+        for (seconds, body) in [(0.00390625, Some(100)), (0.125, Some(5000)), (20.0, None)] {
+            recorder.record(&shop, seconds, body, &ok);
         }
         recorder.record(
             &shop,
             0.001,
+            Some(0),
             &[
                 KeyValue::new("http.request.method", "POST"),
                 KeyValue::new("http.response.status_code", 500_i64),
@@ -506,6 +549,7 @@ mod tests {
         let ok_labels = r#"job="shop",instance="a",http_request_method="GET",http_response_status_code="200",server_port="8000""#;
         let tracer = r#"job="tracer",instance="host:1""#;
         let histogram = "http_server_request_duration_seconds";
+        let sizes = "http_server_response_body_size_bytes";
         for expected in [
             format!("# TYPE {histogram} histogram"),
             format!("# UNIT {histogram} seconds"),
@@ -515,6 +559,12 @@ mod tests {
             format!(r#"{histogram}_bucket{{le="+Inf",{ok_labels}}} 3"#),
             format!("{histogram}_count{{{ok_labels}}} 3"),
             format!("{histogram}_sum{{{ok_labels}}} 20.12890625"),
+            // A body of unknown size is not counted in the size histogram.
+            format!("# UNIT {sizes} bytes"),
+            format!(r#"{sizes}_bucket{{le="256.0",{ok_labels}}} 1"#),
+            format!(r#"{sizes}_bucket{{le="16384.0",{ok_labels}}} 2"#),
+            format!("{sizes}_count{{{ok_labels}}} 2"),
+            format!("{sizes}_sum{{{ok_labels}}} 5100.0"),
             format!(
                 r#"{histogram}_count{{job="shop",instance="a",http_request_method="POST",http_response_status_code="500"}} 1"#
             ),
@@ -558,8 +608,8 @@ mod tests {
         let shop = instance(&[("service.name", "shop")]);
         for method in 0..MAX_SERIES + 5 {
             let attributes = [KeyValue::new("http.request.method", format!("M{method}"))];
-            recorder.record(&shop, 0.1, &attributes);
-            recorder.record(&shop, 0.1, &attributes);
+            recorder.record(&shop, 0.1, None, &attributes);
+            recorder.record(&shop, 0.1, None, &attributes);
         }
         let exposition = get(&registry, "/metrics").into_body();
         let counts: Vec<&str> = exposition
@@ -601,9 +651,9 @@ mod tests {
             ("process.pid", "20"),
         ]);
         let get = [KeyValue::new("http.request.method", "GET")];
-        recorder.record(&one, 0.1, &get);
-        recorder.record(&two, 0.1, &get);
-        recorder.record(&two, 0.1, &get);
+        recorder.record(&one, 0.1, None, &get);
+        recorder.record(&two, 0.1, None, &get);
+        recorder.record(&two, 0.1, None, &get);
         let exposition = super::tests::get(&registry, "/metrics").into_body();
         let lines: Vec<&str> = exposition.lines().collect();
         let histogram = "http_server_request_duration_seconds";

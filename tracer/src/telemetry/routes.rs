@@ -458,6 +458,7 @@ mod tests {
             end_ns: 3,
             meta: None,
             response_bytes: 0,
+            response_body_bytes: None,
             captured_headers: Vec::new(),
         }
     }

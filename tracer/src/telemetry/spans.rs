@@ -231,6 +231,7 @@ pub(crate) mod tests {
                 peer_addr,
             }),
             response_bytes: 100,
+            response_body_bytes: None,
             captured_headers: Vec::new(),
         }
     }
