@@ -14,6 +14,7 @@ use tracer_common::ConnMeta;
 use crate::{
     events::{Data, Direction, Event},
     http::{self, Parsed, RequestHead, ResponseHead},
+    inflight::{InFlight, InFlightKey, InFlightLedger},
 };
 
 /// A request head that grows past this without ending is not HTTP we follow.
@@ -54,6 +55,7 @@ pub struct Assembler {
     connections: HashMap<u64, Connection>,
     keep_query: bool,
     pub counters: AssemblyCounters,
+    in_flight: InFlightLedger,
 }
 
 struct Connection {
@@ -69,6 +71,7 @@ struct Connection {
     /// The data record number expected next; another one means records
     /// were lost in between.
     next_seq: u32,
+    in_flight: InFlightLedger,
 }
 
 struct Exchange {
@@ -79,6 +82,8 @@ struct Exchange {
     response: Option<ResponseHead>,
     response_bytes: u64,
     last_write_ns: u64,
+    /// Counts the request in flight until the exchange goes, however it goes.
+    _in_flight: InFlight,
 }
 
 impl Exchange {
@@ -101,6 +106,11 @@ impl Assembler {
         self.connections.len()
     }
 
+    /// Requests in flight now, if that changed since `seen` (updated).
+    pub fn in_flight_since(&self, seen: &mut u64) -> Option<Vec<(InFlightKey, u32)>> {
+        self.in_flight.changed_since(seen)
+    }
+
     /// Feeds one event; completed requests are pushed to `done`.
     pub fn handle(&mut self, event: &Event<'_>, done: &mut Vec<CompletedRequest>) {
         match event {
@@ -121,6 +131,7 @@ impl Assembler {
                     *established_ns,
                     Some(*meta).filter(|m| m.family != 0),
                     *timestamp_ns,
+                    &self.in_flight,
                 );
                 self.connections.insert(*sock, connection);
             }
@@ -139,10 +150,10 @@ impl Assembler {
 
     fn handle_data(&mut self, data: &Data<'_>, done: &mut Vec<CompletedRequest>) {
         let keep_query = self.keep_query;
-        let connection = self
-            .connections
-            .entry(data.sock)
-            .or_insert_with(|| Connection::new(data.tgid, None, None, data.timestamp_ns));
+        let in_flight = &self.in_flight;
+        let connection = self.connections.entry(data.sock).or_insert_with(|| {
+            Connection::new(data.tgid, None, None, data.timestamp_ns, in_flight)
+        });
         connection.last_activity_ns = data.timestamp_ns;
         if data.seq != connection.next_seq {
             connection.forget_pending(&mut self.counters);
@@ -199,7 +210,13 @@ impl Assembler {
 }
 
 impl Connection {
-    fn new(tgid: u32, established_ns: Option<u64>, meta: Option<ConnMeta>, now_ns: u64) -> Self {
+    fn new(
+        tgid: u32,
+        established_ns: Option<u64>,
+        meta: Option<ConnMeta>,
+        now_ns: u64,
+        in_flight: &InFlightLedger,
+    ) -> Self {
         Self {
             tgid,
             established_ns,
@@ -210,6 +227,7 @@ impl Connection {
             requests_seen: 0,
             last_activity_ns: now_ns,
             next_seq: 0,
+            in_flight: in_flight.clone(),
         }
     }
 
@@ -271,6 +289,11 @@ impl Connection {
             _ => first_read_ns,
         };
         self.requests_seen += 1;
+        let in_flight = self.in_flight.enter(InFlightKey {
+            tgid: self.tgid,
+            server_port: self.meta.map_or(0, |meta| meta.local_port),
+            method: http::method_attribute(&request.method),
+        });
         self.exchanges.push_back(Exchange {
             request,
             start_ns,
@@ -279,6 +302,7 @@ impl Connection {
             response: None,
             response_bytes: 0,
             last_write_ns: first_read_ns,
+            _in_flight: in_flight,
         });
     }
 

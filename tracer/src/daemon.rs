@@ -33,6 +33,7 @@ use crate::{
     proctree,
     stats::Stats,
     telemetry::{
+        active::ActiveRequests,
         clock::Clock,
         exporter,
         instance::{ExportItem, Instance},
@@ -116,8 +117,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
     let stats = Arc::new(Stats::default());
     // Bound before anything is loaded, so a port in use fails at once.
+    let active = ActiveRequests::default();
     let prometheus = match config.prometheus {
-        Some(address) => Some(prometheus::start(address, stats.clone()).await?),
+        Some(address) => Some(prometheus::start(address, stats.clone(), active.clone()).await?),
         None => None,
     };
     if let Some(otlp) = &config.export.otlp {
@@ -178,6 +180,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         clock,
         stats.clone(),
         prometheus.as_ref().map(prometheus::Endpoint::recorder),
+        active.clone(),
     )?;
     // SAFETY: the ring buffer owns its fd and outlives this registration
     // (AsyncFd holds it); nothing else closes it.
@@ -198,6 +201,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let mut ticks_since_rescan = 0;
     let mut tree_changed = false;
     let mut report = tokio::time::interval(config.stats_interval);
+    let mut in_flight_seen = 0;
     report.tick().await;
 
     loop {
@@ -254,6 +258,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             _ = sigterm.recv() => break,
         }
         send(&export.queue, &mut done, &selection.registry, &stats);
+        if let Some(in_flight) = assembler.in_flight_since(&mut in_flight_seen) {
+            active.publish(&in_flight, &selection.registry);
+        }
     }
 
     // Finish what is pending and flush it.

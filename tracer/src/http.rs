@@ -68,6 +68,22 @@ impl ResponseHead {
     }
 }
 
+/// The methods the HTTP semantic conventions know; any other is `_OTHER`
+/// in `http.request.method`, so made-up methods cannot grow a metric's
+/// series.
+const KNOWN_METHODS: [&str; 9] = [
+    "CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE",
+];
+
+/// `method` as `http.request.method` gives it (case-sensitive, as the
+/// conventions say).
+pub fn method_attribute(method: &str) -> &'static str {
+    KNOWN_METHODS
+        .into_iter()
+        .find(|known| *known == method)
+        .unwrap_or("_OTHER")
+}
+
 pub fn parse_request(bytes: &[u8], keep_query: bool) -> Parsed<RequestHead> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
@@ -184,6 +200,13 @@ fn header<'a>(headers: &[httparse::Header<'a>], name: &str) -> Option<&'a [u8]> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_methods_are_other() {
+        assert_eq!(method_attribute("PATCH"), "PATCH");
+        assert_eq!(method_attribute("get"), "_OTHER");
+        assert_eq!(method_attribute("BREW"), "_OTHER");
+    }
 
     #[test]
     fn request_with_query_is_stripped() {

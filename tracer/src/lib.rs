@@ -11,6 +11,7 @@ pub mod discovery;
 pub mod events;
 pub mod exit;
 pub mod http;
+pub mod inflight;
 #[cfg(feature = "daemon")]
 pub mod kernel;
 #[cfg(feature = "daemon")]

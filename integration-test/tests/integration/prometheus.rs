@@ -12,7 +12,10 @@ use std::{
     time::Duration,
 };
 
-use harness::app::WorkerClass;
+use harness::{
+    app::{App, WorkerClass},
+    tracer::TracerProcess,
+};
 use tracer::telemetry::exporter::DURATION_BUCKETS;
 
 use crate::support::*;
@@ -189,12 +192,8 @@ fn value_of(samples: &[Sample], name: &str) -> f64 {
     }
 }
 
-/// Requests to a few paths with different statuses, scraped while the
-/// tracer runs (with OTLP off: the endpoint is all there is).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_scrape_counts_every_request_under_its_labels() {
-    let app = start_app(WorkerClass::Sync, &[]).await;
-    let endpoint = free_loopback_address();
+/// The tracer on `app`, OTLP off, serving Prometheus on `endpoint`.
+fn launch_scraped(app: &App, endpoint: SocketAddr) -> TracerProcess {
     let mut command = Command::new(tracer_bin());
     command
         .args(["--pid", &app.master_pid().to_string()])
@@ -208,7 +207,16 @@ async fn a_scrape_counts_every_request_under_its_labels() {
         .args(["--prometheus-port", &endpoint.port().to_string()])
         .args(["--prometheus-address", "127.0.0.1"])
         .args(probe_set_override());
-    let mut tracer = launch(command);
+    launch(command)
+}
+
+/// Requests to a few paths with different statuses, scraped while the
+/// tracer runs (with OTLP off: the endpoint is all there is).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scrape_counts_every_request_under_its_labels() {
+    let app = start_app(WorkerClass::Sync, &[]).await;
+    let endpoint = free_loopback_address();
+    let mut tracer = launch_scraped(&app, endpoint);
     let addr = app.addr();
 
     let plan: [(&'static str, &'static str, &'static [u8], usize); 4] = [
@@ -340,6 +348,71 @@ async fn a_scrape_counts_every_request_under_its_labels() {
         assert!(!sample.label("instance").is_empty(), "{sample:?}");
     }
 
+    assert_eq!(
+        tracer.stop().expect("the tracer exits").code(),
+        exit_code(Exit::Ok)
+    );
+}
+
+/// `http_server_active_requests` of POSTs in the scrape, if it has the series.
+fn active_posts(samples: &[Sample]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|sample| {
+            sample.name == "http_server_active_requests"
+                && sample.label("http_request_method") == "POST"
+        })
+        .map(|sample| sample.value)
+}
+
+/// POSTs whose heads are sent and whose bodies are held back: each handler
+/// waits in its read of the body, so exactly that many requests are in
+/// flight until the bodies go. As many as one worker has threads: a worker
+/// that accepted more would not read the extra heads (not in flight yet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_requests_are_the_requests_in_flight() {
+    const HELD: usize = 4;
+    let app = start_app(WorkerClass::Gthread { threads: 4 }, &[]).await;
+    let endpoint = free_loopback_address();
+    let mut tracer = launch_scraped(&app, endpoint);
+    let addr = app.addr();
+    // An instance's series start with its first completed request.
+    let first = tokio::task::spawn_blocking(move || request(addr, "GET", "/light", b""))
+        .await
+        .expect("client");
+    assert_eq!(first.status, 200);
+
+    let head =
+        b"POST /echo-size HTTP/1.1\r\nHost: test\r\nContent-Length: 4\r\nConnection: close\r\n\r\n";
+    let mut held: Vec<TcpStream> = (0..HELD)
+        .map(|_| {
+            let mut stream = TcpStream::connect(addr).expect("connect");
+            stream.write_all(head).expect("send the head");
+            stream
+        })
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(20), || active_posts(&scrape(endpoint))
+            == Some(HELD as f64))
+        .await,
+        "in flight: {:?}, {HELD} held",
+        active_posts(&scrape(endpoint))
+    );
+    for stream in &mut held {
+        stream.write_all(b"body").expect("send the body");
+        let mut response = Vec::new();
+        stream
+            .read_to_end(&mut response)
+            .expect("read the response");
+        assert_eq!(status_of(&response), 200);
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || active_posts(&scrape(endpoint))
+            == Some(0.0))
+        .await,
+        "the series stays, at 0: {:?}",
+        active_posts(&scrape(endpoint))
+    );
     assert_eq!(
         tracer.stop().expect("the tracer exits").code(),
         exit_code(Exit::Ok)

@@ -80,6 +80,11 @@ impl Registry {
         self.members.keys().copied().collect()
     }
 
+    /// The [`Instance::key`] of every instance with a task, departed or not.
+    pub fn instance_keys(&self) -> impl Iterator<Item = usize> + '_ {
+        self.live.keys().copied()
+    }
+
     /// Whether no selected task is alive.
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()

@@ -23,6 +23,7 @@ use opentelemetry_sdk::{metrics::SdkMeterProvider, trace::Sampler};
 use tokio::sync::mpsc;
 
 use super::{
+    active::ActiveRequests,
     clock::Clock,
     delivery::{BATCH_SIZE, Batch, Delivery},
     instance::{ExportItem, Instance, ServiceExport, tracer_resource},
@@ -41,6 +42,7 @@ use crate::stats::Stats;
 /// as named in OTLP.
 pub const DURATION_METRIC: &str = "http.server.request.duration";
 pub const BODY_SIZE_METRIC: &str = "http.server.response.body.size";
+pub const ACTIVE_METRIC: &str = "http.server.active_requests";
 pub const DROPPED_METRIC: &str = "tracer.dropped";
 /// Semantic-convention bucket boundaries for `http.server.request.duration`.
 pub const DURATION_BUCKETS: [f64; 14] = [
@@ -155,14 +157,25 @@ struct Live {
     meters: Option<(SdkMeterProvider, Instruments)>,
 }
 
-/// An instance's request duration and response body size histograms.
+/// An instance's request duration and response body size histograms (its
+/// active-requests counter is observed at collection).
 struct Instruments {
     duration: Histogram<f64>,
     body_size: Histogram<u64>,
 }
 
 impl Instruments {
-    fn new(meter: &Meter) -> Self {
+    fn new(meter: &Meter, active: ActiveRequests, key: usize) -> Self {
+        let _active = meter
+            .i64_observable_up_down_counter(ACTIVE_METRIC)
+            .with_unit("{request}")
+            .with_description("Number of active HTTP server requests.")
+            .with_callback(move |observer| {
+                for series in active.of(key) {
+                    observer.observe(i64::from(series.count), &series.attributes());
+                }
+            })
+            .build();
         Self {
             duration: meter
                 .f64_histogram(DURATION_METRIC)
@@ -190,9 +203,10 @@ pub fn start(
     clock: Clock,
     stats: Arc<Stats>,
     prometheus: Option<prometheus::Recorder>,
+    active: ActiveRequests,
 ) -> Result<ExportHandle, ExporterSetupError> {
     let (queue, receiver) = mpsc::channel(config.queue_capacity);
-    let export = Export::new(config, clock, stats, prometheus)?;
+    let export = Export::new(config, clock, stats, prometheus, active)?;
     let task = tokio::spawn(export.run(receiver));
     Ok(ExportHandle { queue, task })
 }
@@ -205,6 +219,7 @@ struct Export {
     print_json: bool,
     clock: Clock,
     live: HashMap<usize, Live>,
+    active: ActiveRequests,
 }
 
 impl Export {
@@ -213,6 +228,7 @@ impl Export {
         clock: Clock,
         stats: Arc<Stats>,
         prometheus: Option<prometheus::Recorder>,
+        active: ActiveRequests,
     ) -> Result<Self, ExporterSetupError> {
         let otlp = match &config.otlp {
             Some(signals) => Some(Otlp::new(signals, &config, clock, &stats)?),
@@ -230,6 +246,7 @@ impl Export {
             print_json: config.print_json,
             clock,
             live: HashMap::new(),
+            active,
         })
     }
 
@@ -296,7 +313,11 @@ impl Export {
                 let provider = otlp
                     .meters
                     .provider(Instance::key(&instance), instance.resource.clone());
-                let instruments = Instruments::new(&provider.meter("tracer"));
+                let instruments = Instruments::new(
+                    &provider.meter("tracer"),
+                    self.active.clone(),
+                    Instance::key(&instance),
+                );
                 Live {
                     instance,
                     batch: Vec::new(),
@@ -437,7 +458,14 @@ mod tests {
             queue_capacity: 1_000,
             metric_interval: Duration::from_secs(3600),
         };
-        Export::new(config, Clock::new(), Arc::default(), None).expect("an export")
+        Export::new(
+            config,
+            Clock::new(),
+            Arc::default(),
+            None,
+            ActiveRequests::default(),
+        )
+        .expect("an export")
     }
 
     async fn sink() -> Sink {

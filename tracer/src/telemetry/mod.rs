@@ -1,5 +1,6 @@
 //! From completed requests to what leaves the host: OTLP spans and metrics,
 //! the same metrics for Prometheus to scrape, and JSON lines for debugging.
+pub mod active;
 pub mod clock;
 pub mod delivery;
 pub mod exporter;

@@ -32,14 +32,22 @@ use opentelemetry_sdk::Resource;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _, text},
-    metrics::{MetricType, counter::ConstCounter, gauge::Gauge, histogram::Histogram, info::Info},
+    metrics::{
+        MetricType,
+        counter::ConstCounter,
+        gauge::{ConstGauge, Gauge},
+        histogram::Histogram,
+        info::Info,
+    },
     registry::{Registry, Unit},
 };
 use tokio::net::TcpListener;
 
 use super::{
+    active::ActiveRequests,
     exporter::{
-        BODY_SIZE_BUCKETS, BODY_SIZE_METRIC, DROPPED_METRIC, DURATION_BUCKETS, DURATION_METRIC,
+        ACTIVE_METRIC, BODY_SIZE_BUCKETS, BODY_SIZE_METRIC, DROPPED_METRIC, DURATION_BUCKETS,
+        DURATION_METRIC,
     },
     instance::{Instance, tracer_resource},
 };
@@ -60,6 +68,20 @@ pub const RETIRED_SERIES_TTL: Duration = Duration::from_secs(300);
 
 type Labels = Vec<(String, String)>;
 
+/// The histograms' names, help and units, in [`Series::histograms`]' order.
+const HISTOGRAM_FAMILIES: [(&str, &str, Unit); 2] = [
+    (
+        DURATION_METRIC,
+        "Duration of HTTP server requests",
+        Unit::Seconds,
+    ),
+    (
+        BODY_SIZE_METRIC,
+        "Size of HTTP server response bodies",
+        Unit::Bytes,
+    ),
+];
+
 /// The histograms of one label set.
 struct Series {
     duration: Histogram,
@@ -72,6 +94,10 @@ impl Series {
             duration: Histogram::new(DURATION_BUCKETS),
             body_size: Histogram::new(BODY_SIZE_BUCKETS),
         }
+    }
+
+    fn histograms(&self) -> [&Histogram; 2] {
+        [&self.duration, &self.body_size]
     }
 
     fn observe(&self, seconds: f64, body_bytes: Option<u64>) {
@@ -206,11 +232,15 @@ impl Endpoint {
 
 /// Binds `address` (so a port in use fails here, at start-up) and serves
 /// the metrics from a task of its own.
-pub async fn start(address: SocketAddr, stats: Arc<Stats>) -> Result<Endpoint, ListenError> {
+pub async fn start(
+    address: SocketAddr,
+    stats: Arc<Stats>,
+    active: ActiveRequests,
+) -> Result<Endpoint, ListenError> {
     let listener = TcpListener::bind(address)
         .await
         .map_err(|source| ListenError { address, source })?;
-    let (registry, endpoint) = metrics(tracer_resource(), stats);
+    let (registry, endpoint) = metrics(tracer_resource(), stats, active);
     log::info!("serving Prometheus metrics on http://{address}/metrics");
     tokio::spawn(serve(listener, Arc::new(registry)));
     Ok(endpoint)
@@ -218,7 +248,7 @@ pub async fn start(address: SocketAddr, stats: Arc<Stats>) -> Result<Endpoint, L
 
 /// The registry a scrape encodes, and the handles that feed it; `tracer`
 /// is the resource of the tracer's own series.
-fn metrics(tracer: &Resource, stats: Arc<Stats>) -> (Registry, Endpoint) {
+fn metrics(tracer: &Resource, stats: Arc<Stats>, active: ActiveRequests) -> (Registry, Endpoint) {
     let targets = Targets::default();
     let traced_processes = Gauge::default();
     let (identity, info) = identity_and_info(tracer);
@@ -226,6 +256,7 @@ fn metrics(tracer: &Resource, stats: Arc<Stats>) -> (Registry, Endpoint) {
     registry.register_collector(Box::new(InstanceSeries {
         targets: targets.clone(),
         tracer: (identity.clone(), info),
+        active,
     }));
     registry.register_collector(Box::new(TracerCounters {
         stats,
@@ -266,11 +297,13 @@ fn identity_and_info(resource: &Resource) -> (Labels, Labels) {
     (identity, info)
 }
 
-/// The instances' duration histograms and every resource's `target_info`.
+/// The instances' histograms and active requests, and every resource's
+/// `target_info`.
 struct InstanceSeries {
     targets: Targets,
     /// The tracer's own `job`/`instance` and `target_info` labels.
     tracer: (Labels, Labels),
+    active: ActiveRequests,
 }
 
 impl fmt::Debug for InstanceSeries {
@@ -283,29 +316,35 @@ impl Collector for InstanceSeries {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         let mut targets = self.targets.lock();
         expire(&mut targets, Instant::now());
-        let histograms: [(_, _, _, fn(&Series) -> &Histogram); 2] = [
-            (
-                DURATION_METRIC,
-                "Duration of HTTP server requests",
-                Unit::Seconds,
-                |series| &series.duration,
-            ),
-            (
-                BODY_SIZE_METRIC,
-                "Size of HTTP server response bodies",
-                Unit::Bytes,
-                |series| &series.body_size,
-            ),
-        ];
-        for (metric, help, unit, histogram) in histograms {
+        for (index, (metric, help, unit)) in HISTOGRAM_FAMILIES.iter().enumerate() {
             let name = prometheus_name(metric);
             let mut family =
-                encoder.encode_descriptor(&name, help, Some(&unit), MetricType::Histogram)?;
+                encoder.encode_descriptor(&name, help, Some(unit), MetricType::Histogram)?;
             for target in targets.values() {
                 for (labels, series) in &target.series {
                     let labels: Labels = target.identity.iter().chain(labels).cloned().collect();
-                    histogram(series).encode(family.encode_family(&labels)?)?;
+                    series.histograms()[index].encode(family.encode_family(&labels)?)?;
                 }
+            }
+        }
+        let active_name = prometheus_name(ACTIVE_METRIC);
+        let mut active = encoder.encode_descriptor(
+            &active_name,
+            "Number of active HTTP server requests",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (key, target) in targets.iter() {
+            for series in self.active.of(*key) {
+                let attributes = series.attributes();
+                let labels: Labels = target
+                    .identity
+                    .iter()
+                    .cloned()
+                    .chain(labels(attributes.iter().map(|kv| (&kv.key, &kv.value))))
+                    .collect();
+                let gauge = ConstGauge::new(i64::from(series.count));
+                gauge.encode(active.encode_family(&labels)?)?;
             }
         }
         let mut info =
@@ -519,7 +558,7 @@ mod tests {
         stats.queue_full.store(3, Relaxed);
         stats.requests.store(5, Relaxed);
         let shop = instance(&[("service.name", "shop"), ("service.instance.id", "a")]);
-        let (registry, endpoint) = metrics(&tracer(), stats);
+        let (registry, endpoint) = metrics(&tracer(), stats, ActiveRequests::default());
         let recorder = endpoint.recorder();
         let ok = [
             KeyValue::new("http.request.method", "GET"),
@@ -603,7 +642,7 @@ mod tests {
 
     #[test]
     fn label_sets_beyond_the_limit_share_the_overflow_series() {
-        let (registry, endpoint) = metrics(&tracer(), Arc::default());
+        let (registry, endpoint) = metrics(&tracer(), Arc::default(), ActiveRequests::default());
         let recorder = endpoint.recorder();
         let shop = instance(&[("service.name", "shop")]);
         for method in 0..MAX_SERIES + 5 {
@@ -627,7 +666,7 @@ mod tests {
 
     #[test]
     fn only_get_metrics_is_served() {
-        let (registry, _) = metrics(&tracer(), Arc::default());
+        let (registry, _) = metrics(&tracer(), Arc::default(), ActiveRequests::default());
         assert_eq!(get(&registry, "/").status(), StatusCode::NOT_FOUND);
         let post = respond(&Method::POST, "/metrics", &registry);
         assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
@@ -636,7 +675,7 @@ mod tests {
 
     #[test]
     fn instances_have_their_own_job_instance_and_target_info() {
-        let (registry, endpoint) = metrics(&tracer(), Arc::default());
+        let (registry, endpoint) = metrics(&tracer(), Arc::default(), ActiveRequests::default());
         let recorder = endpoint.recorder();
         let one = instance(&[
             ("service.namespace", "shop"),
