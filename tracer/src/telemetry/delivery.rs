@@ -7,27 +7,30 @@
 //!
 //! Every instance's batches go through the one queue, under one capacity
 //! and one in-flight limit for the whole daemon (the instances share the
-//! collector, and its outage). A batch holds one instance's requests only
-//! and is exported by that instance's span exporter, which carries its
-//! resource: each instance has one from its first batch until it is
-//! retired and its last batch is delivered, or dropped and counted.
+//! collector, and its outage), and one client. A batch holds one
+//! instance's requests only, their spans encoded already, and is exported
+//! under that instance's resource: each instance has a lane, with its
+//! resource encoded once, from its first batch until it is retired and its
+//! last batch is delivered, or dropped and counted.
+//!
+//! Spans the collector refuses in a partial success are counted as
+//! `spans_rejected` (and logged the first time): the export succeeded, so
+//! nothing is retried.
 use std::{
     collections::{HashMap, VecDeque},
     sync::{Arc, atomic::Ordering::Relaxed},
     time::{Duration, Instant},
 };
 
-use opentelemetry::KeyValue;
-use opentelemetry_otlp::SpanExporter;
-use opentelemetry_sdk::{error::OTelSdkResult, trace::SpanExporter as _};
 use tokio::task::JoinSet;
 
-use super::{instance::Instance, otlp::SpanExporters, routes::Resolved, spans::SpanBuilder};
-use crate::{assembly::CompletedRequest, stats::Stats};
-
-/// Requests, each with its metric attributes (built once, for the histogram)
-/// and its resolved route and span name.
-pub type Batch = Vec<(CompletedRequest, Vec<KeyValue>, Resolved)>;
+use super::{
+    encode::{EncodedSpans, Envelope},
+    instance::Instance,
+    otlp::{ExportError, Rejected, TraceClient},
+    spans::{self, SPANS_PER_REQUEST},
+};
+use crate::stats::{DropReason, Stats};
 
 /// Requests per export at most (three spans each).
 pub const BATCH_SIZE: usize = 512;
@@ -36,9 +39,9 @@ const MAX_IN_FLIGHT: usize = 2;
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// One instance's exporter and how many of its requests are held.
+/// One instance's encoded resource and how many of its requests are held.
 struct Lane {
-    exporter: Arc<SpanExporter>,
+    envelope: Arc<Envelope>,
     /// Requests of this instance waiting or in flight.
     held: usize,
     /// Retired: the lane goes once nothing of it is held.
@@ -48,36 +51,31 @@ struct Lane {
 }
 
 /// A waiting batch and the key of its instance's [`Lane`].
-type Queued = (usize, Batch);
+type Queued = (usize, EncodedSpans);
 
 pub struct Delivery {
-    exporters: SpanExporters,
+    client: Arc<TraceClient>,
     lanes: HashMap<usize, Lane>,
-    builder: Arc<SpanBuilder>,
     stats: Arc<Stats>,
     /// Requests allowed to wait here, in flight included, all instances.
     capacity: usize,
     waiting: VecDeque<Queued>,
     /// Requests in `waiting` and in flight.
     held: usize,
-    in_flight: JoinSet<(usize, Batch, usize, OTelSdkResult)>,
+    in_flight: JoinSet<(usize, EncodedSpans, Result<Rejected, ExportError>)>,
     retry_at: Option<Instant>,
     backoff: Duration,
     /// When exports started failing, while they do.
     outage_since: Option<Instant>,
+    /// A partial success was logged: later ones are only counted.
+    rejection_logged: bool,
 }
 
 impl Delivery {
-    pub fn new(
-        exporters: SpanExporters,
-        builder: SpanBuilder,
-        stats: Arc<Stats>,
-        capacity: usize,
-    ) -> Self {
+    pub fn new(client: TraceClient, stats: Arc<Stats>, capacity: usize) -> Self {
         Self {
-            exporters,
+            client: Arc::new(client),
             lanes: HashMap::new(),
-            builder: Arc::new(builder),
             stats,
             capacity,
             waiting: VecDeque::new(),
@@ -86,36 +84,23 @@ impl Delivery {
             retry_at: None,
             backoff: FIRST_BACKOFF,
             outage_since: None,
+            rejection_logged: false,
         }
     }
 
     /// Queues a batch of `instance`'s requests, dropping the oldest waiting
     /// requests (of any instance) beyond the capacity.
-    pub fn push(&mut self, instance: &Arc<Instance>, batch: Batch) {
+    pub fn push(&mut self, instance: &Arc<Instance>, batch: EncodedSpans) {
         if batch.is_empty() {
             return;
         }
         let key = Instance::key(instance);
-        if !self.lanes.contains_key(&key) {
-            match self.exporters.build(&instance.resource) {
-                Ok(exporter) => {
-                    let lane = Lane {
-                        exporter: Arc::new(exporter),
-                        held: 0,
-                        retired: false,
-                        _instance: instance.clone(),
-                    };
-                    self.lanes.insert(key, lane);
-                }
-                Err(err) => {
-                    // The settings built one at start-up: not expected.
-                    log::error!("cannot export this instance's spans: {err}");
-                    let lost = batch.len() as u64;
-                    self.stats.export_dropped.fetch_add(lost, Relaxed);
-                    return;
-                }
-            }
-        }
+        self.lanes.entry(key).or_insert_with(|| Lane {
+            envelope: Arc::new(Envelope::new(&instance.resource, &spans::scope())),
+            held: 0,
+            retired: false,
+            _instance: instance.clone(),
+        });
         self.held += batch.len();
         self.lane(key).held += batch.len();
         self.waiting.push_back((key, batch));
@@ -125,7 +110,7 @@ impl Delivery {
             };
             let oldest_key = *oldest_key;
             let excess = (self.held - self.capacity).min(oldest.len());
-            oldest.drain(..excess);
+            oldest.drop_oldest(excess);
             if oldest.is_empty() {
                 self.waiting.pop_front();
             }
@@ -136,8 +121,8 @@ impl Delivery {
         self.dispatch();
     }
 
-    /// The instance will send nothing more: its exporter goes once what it
-    /// has here is delivered or dropped.
+    /// The instance will send nothing more: its lane goes once what it has
+    /// here is delivered or dropped.
     pub fn retire(&mut self, instance: &Arc<Instance>) {
         let key = Instance::key(instance);
         if let Some(lane) = self.lanes.get_mut(&key) {
@@ -146,8 +131,8 @@ impl Delivery {
         self.release(key, 0);
     }
 
-    /// Instances with an exporter now.
-    pub fn exporters(&self) -> usize {
+    /// Instances with a lane now.
+    pub fn lanes(&self) -> usize {
         self.lanes.len()
     }
 
@@ -156,7 +141,7 @@ impl Delivery {
     }
 
     /// `count` of the lane's requests left; a retired lane with nothing
-    /// left is dropped, and its exporter with it.
+    /// left is dropped.
     fn release(&mut self, key: usize, count: usize) {
         let Some(lane) = self.lanes.get_mut(&key) else {
             return;
@@ -183,10 +168,10 @@ impl Delivery {
             return;
         };
         match outcome {
-            Ok((key, batch, spans, Ok(()))) => {
+            Ok((key, batch, Ok(rejected))) => {
                 self.held -= batch.len();
                 self.release(key, batch.len());
-                self.stats.spans_exported.fetch_add(spans as u64, Relaxed);
+                self.count_exported(batch.len(), rejected);
                 if let Some(since) = self.outage_since.take() {
                     log::info!(
                         "OTLP export resumed after {:.0} s",
@@ -195,7 +180,7 @@ impl Delivery {
                 }
                 self.backoff = FIRST_BACKOFF;
             }
-            Ok((key, batch, _, Err(err))) => {
+            Ok((key, batch, Err(err))) => {
                 if self.outage_since.is_none() {
                     self.outage_since = Some(Instant::now());
                     log::warn!(
@@ -212,6 +197,27 @@ impl Delivery {
             Err(err) => log::error!("an export task failed: {err}"),
         }
         self.dispatch();
+    }
+
+    fn count_exported(&mut self, requests: usize, rejected: Rejected) {
+        let spans = (requests * SPANS_PER_REQUEST) as u64;
+        let refused = rejected.spans.min(spans);
+        self.stats
+            .spans_exported
+            .fetch_add(spans - refused, Relaxed);
+        if refused == 0 {
+            return;
+        }
+        self.stats.spans_rejected.fetch_add(refused, Relaxed);
+        if !self.rejection_logged {
+            self.rejection_logged = true;
+            log::warn!(
+                "the collector rejected {refused} of {spans} spans ({:?}); counted as {}, \
+                 and from now on only counted",
+                rejected.message,
+                DropReason::SpansRejected
+            );
+        }
     }
 
     /// Starts exports of waiting batches, as many as the state allows.
@@ -234,25 +240,15 @@ impl Delivery {
             while self.waiting.front().is_some_and(|(next_key, next)| {
                 *next_key == key && batch.len() + next.len() <= BATCH_SIZE
             }) {
-                batch.extend(
-                    self.waiting
-                        .pop_front()
-                        .into_iter()
-                        .flat_map(|(_, next)| next),
-                );
+                if let Some((_, next)) = self.waiting.pop_front() {
+                    batch.append(next);
+                }
             }
-            let exporter = self.lane(key).exporter.clone();
-            let builder = self.builder.clone();
+            let envelope = self.lane(key).envelope.clone();
+            let client = self.client.clone();
             self.in_flight.spawn(async move {
-                let spans: Vec<_> = batch
-                    .iter()
-                    .flat_map(|(request, attributes, resolved)| {
-                        builder.spans(request, attributes.clone(), resolved)
-                    })
-                    .collect();
-                let count = spans.len();
-                let result = exporter.export(spans).await;
-                (key, batch, count, result)
+                let result = client.export(envelope.export_request(&batch)).await;
+                (key, batch, result)
             });
         }
     }

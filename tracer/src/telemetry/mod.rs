@@ -2,6 +2,7 @@
 //! the same metrics for Prometheus to scrape, and JSON lines for debugging.
 pub mod clock;
 pub mod delivery;
+pub mod encode;
 pub mod exporter;
 pub mod instance;
 pub mod json;
