@@ -278,3 +278,131 @@ impl Delivery {
         self.lanes.clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use harness::sink::{Sink, SinkOptions};
+    use opentelemetry_sdk::Resource;
+
+    use super::*;
+    use crate::telemetry::{
+        clock::Clock,
+        exporter::OtlpProtocol,
+        otel_env::{self, Flags},
+        routes::{RouteConfig, Routes},
+        spans::{SpanEncoder, tests::request_to},
+    };
+
+    const PROTOCOLS: [OtlpProtocol; 2] = [OtlpProtocol::Grpc, OtlpProtocol::HttpProtobuf];
+
+    async fn sink(options: SinkOptions) -> Sink {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        Sink::start_with(loopback, loopback, options)
+            .await
+            .expect("a sink")
+    }
+
+    /// A delivery to the sink, as `--otlp-endpoint` would set it up, or to
+    /// `traces_endpoint` if given.
+    fn delivery(sink: &Sink, protocol: OtlpProtocol, traces_endpoint: Option<String>) -> Delivery {
+        let endpoint = match protocol {
+            OtlpProtocol::Grpc => format!("http://{}", sink.grpc_addr()),
+            OtlpProtocol::HttpProtobuf => format!("http://{}", sink.http_addr()),
+        };
+        let flags = Flags {
+            endpoint: traces_endpoint.is_none().then_some(endpoint.as_str()),
+            protocol: Some(protocol),
+            metric_interval: None,
+        };
+        let lookup = |name: &str| {
+            (name == "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                .then(|| traces_endpoint.clone())
+                .flatten()
+        };
+        let otlp = otel_env::resolve(&flags, lookup)
+            .expect("valid settings")
+            .otlp
+            .expect("OTLP on");
+        let client = TraceClient::new(&otlp.traces).expect("a client");
+        Delivery::new(client, Arc::default(), 1_000)
+    }
+
+    /// Two requests of one instance, encoded.
+    fn two_requests() -> (Arc<Instance>, EncodedSpans) {
+        let instance = Arc::new(Instance {
+            service: 0,
+            resource: Resource::builder_empty().with_service_name("web").build(),
+        });
+        let mut routes = Routes::new(RouteConfig::default(), Arc::default());
+        let mut encoder = SpanEncoder::new(Clock::new());
+        let mut batch = EncodedSpans::default();
+        for path in ["/a", "/b"] {
+            let request = request_to(path, 200);
+            encoder.push(&request, &routes.resolve(&request), &mut batch);
+        }
+        (instance, batch)
+    }
+
+    async fn settle(delivery: &mut Delivery) {
+        while delivery.busy() {
+            delivery.finished().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn spans_rejected_in_a_partial_success_are_counted_not_retried() {
+        for protocol in PROTOCOLS {
+            let sink = sink(SinkOptions {
+                reject_spans: 2,
+                ..SinkOptions::default()
+            })
+            .await;
+            let mut delivery = delivery(&sink, protocol, None);
+            let (instance, batch) = two_requests();
+            delivery.push(&instance, batch);
+            settle(&mut delivery).await;
+            assert!(delivery.is_empty(), "{protocol:?}: nothing to retry");
+            let stats = &delivery.stats;
+            assert_eq!(stats.spans_exported.load(Relaxed), 4, "{protocol:?}");
+            assert!(
+                stats
+                    .dropped()
+                    .any(|counted| counted == (DropReason::SpansRejected, 2)),
+                "{protocol:?}"
+            );
+            assert_eq!(stats.export_dropped.load(Relaxed), 0, "{protocol:?}");
+            assert_eq!(sink.spans().len(), 4, "{protocol:?}");
+            sink.shutdown().await;
+        }
+    }
+
+    /// An HTTP error status (404 off the traces path) or a failed gRPC call
+    /// (the HTTP/1 port answers no HTTP/2) is a failed export: its
+    /// requests wait for a retry, and a shutdown in the outage counts them.
+    #[tokio::test]
+    async fn a_refused_export_is_held_for_a_retry() {
+        for protocol in PROTOCOLS {
+            let sink = sink(SinkOptions::default()).await;
+            let wrong = match protocol {
+                OtlpProtocol::Grpc => format!("http://{}", sink.http_addr()),
+                OtlpProtocol::HttpProtobuf => format!("http://{}/v1/spans", sink.http_addr()),
+            };
+            let mut delivery = delivery(&sink, protocol, Some(wrong));
+            let (instance, batch) = two_requests();
+            delivery.push(&instance, batch);
+            settle(&mut delivery).await;
+            assert!(!delivery.is_empty(), "{protocol:?}: held for a retry");
+            assert_eq!(delivery.held, 2, "{protocol:?}");
+            assert_eq!(delivery.stats.spans_exported.load(Relaxed), 0);
+            delivery
+                .flush(Instant::now() + Duration::from_secs(5))
+                .await;
+            let stats = &delivery.stats;
+            assert_eq!(stats.export_dropped.load(Relaxed), 2, "{protocol:?}");
+            assert!(sink.spans().is_empty(), "{protocol:?}");
+            sink.shutdown().await;
+        }
+    }
+}

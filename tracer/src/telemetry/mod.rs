@@ -10,6 +10,8 @@ pub mod meters;
 pub mod otel_env;
 pub mod otlp;
 pub mod prometheus;
+#[cfg(test)]
+mod reference;
 pub mod routes;
 pub mod sampling;
 pub mod spans;
