@@ -93,8 +93,8 @@ impl Rejected {
 const USER_AGENT: &str = concat!("tracer/", env!("CARGO_PKG_VERSION"));
 const TRACE_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
-/// Sends encoded `ExportTraceServiceRequest`s; clones share the connection.
-#[derive(Clone, Debug)]
+/// Sends encoded `ExportTraceServiceRequest`s, for every instance.
+#[derive(Debug)]
 pub enum TraceClient {
     Grpc {
         grpc: tonic::client::Grpc<Channel>,
