@@ -132,6 +132,7 @@ impl Delivery {
     }
 
     /// Instances with a lane now.
+    #[cfg(test)]
     pub fn lanes(&self) -> usize {
         self.lanes.len()
     }

@@ -108,10 +108,6 @@ impl Attributes {
         self.bytes.clear();
     }
 
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes
-    }
-
     /// `key` is the concatenation of its parts (no `format!` for it).
     fn key_value(&mut self, key: &[&str], value_len: usize) {
         let key_bytes: usize = key.iter().map(|part| part.len()).sum();
@@ -265,7 +261,7 @@ impl Span<'_> {
 }
 
 /// Encoded spans of one instance's requests, back to back, and where each
-/// request's end: a batch from the moment its requests are sampled until
+/// request ends: a batch from the moment its requests are sampled until
 /// the collector has them. Dropping the oldest requests cuts bytes off the
 /// front.
 #[derive(Debug, Default)]
