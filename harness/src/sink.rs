@@ -7,7 +7,8 @@
 //! Every received span is counted per `service.name` (and its SERVER spans
 //! apart) and, unless the sink only counts, flattened into a [`ReceivedSpan`]
 //! and kept; metrics are kept as [`ReceivedMetric`]s, and each export
-//! request's headers as a [`ReceivedExport`]. The store only grows until
+//! request's headers as a [`ReceivedExport`]; trace export requests
+//! themselves, decoded, if asked. The store only grows until
 //! [`Sink::clear`]: the benchmark clears it before each measured run. A sink
 //! can also answer late, to play a slow collector.
 
@@ -33,7 +34,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
@@ -183,8 +184,14 @@ pub struct SinkOptions {
     /// Keep every span; without, spans are only counted, which keeps the
     /// sink cheap at tens of thousands of spans per second.
     pub keep_spans: bool,
+    /// Also keep every trace export request as decoded, for comparing
+    /// whole messages.
+    pub keep_requests: bool,
     /// Answer each trace export this late (a slow collector).
     pub reply_delay: Duration,
+    /// Refuse this many spans of each trace export (at most all of them)
+    /// in a partial success; the others are received as usual.
+    pub reject_spans: usize,
     /// Serve both transports over TLS with this identity.
     pub tls: Option<SinkTls>,
 }
@@ -193,7 +200,9 @@ impl Default for SinkOptions {
     fn default() -> Self {
         Self {
             keep_spans: true,
+            keep_requests: false,
             reply_delay: Duration::ZERO,
+            reject_spans: 0,
             tls: None,
         }
     }
@@ -206,6 +215,7 @@ struct Store {
     server_per_service: BTreeMap<String, u64>,
     metrics: Vec<ReceivedMetric>,
     exports: Vec<ReceivedExport>,
+    trace_requests: Vec<ExportTraceServiceRequest>,
 }
 
 #[derive(Clone)]
@@ -223,7 +233,9 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn add_traces(&self, request: ExportTraceServiceRequest) {
+    /// Keeps what it does not reject and answers.
+    fn add_traces(&self, mut request: ExportTraceServiceRequest) -> ExportTraceServiceResponse {
+        let rejected = reject_spans(&mut request, self.options.reject_spans);
         let mut added = 0;
         {
             let mut store = self.lock();
@@ -242,11 +254,20 @@ impl Shared {
                 *store.server_per_service.entry(service).or_default() += server;
                 added += all;
             }
+            if self.options.keep_requests {
+                store.trace_requests.push(request.clone());
+            }
             if self.options.keep_spans {
                 store.spans.extend(flatten_traces(request));
             }
         }
         self.total.send_modify(|total| *total += added);
+        ExportTraceServiceResponse {
+            partial_success: (rejected > 0).then(|| ExportTracePartialSuccess {
+                rejected_spans: rejected as i64,
+                error_message: format!("the sink rejects {rejected} spans an export"),
+            }),
+        }
     }
 
     fn add_metrics(&self, request: ExportMetricsServiceRequest) {
@@ -396,6 +417,12 @@ impl Sink {
         self.shared.lock().exports.clone()
     }
 
+    /// Every trace export request since the last clear, in order, if
+    /// [`SinkOptions::keep_requests`].
+    pub fn trace_requests(&self) -> Vec<ExportTraceServiceRequest> {
+        self.shared.lock().trace_requests.clone()
+    }
+
     /// Forgets every span and metric received so far.
     pub fn clear(&self) {
         *self.shared.lock() = Store::default();
@@ -443,8 +470,8 @@ impl TraceService for Grpc {
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         self.0.add_grpc_export(Signal::Traces, request.metadata());
         tokio::time::sleep(self.0.options.reply_delay).await;
-        self.0.add_traces(request.into_inner());
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        let response = self.0.add_traces(request.into_inner());
+        Ok(tonic::Response::new(response))
     }
 }
 
@@ -604,8 +631,7 @@ async fn handle_http(
         };
         shared.add_export(Signal::Traces, Transport::Http, &headers, gzip);
         tokio::time::sleep(shared.options.reply_delay).await;
-        shared.add_traces(traces);
-        ExportTraceServiceResponse::default().encode_to_vec()
+        shared.add_traces(traces).encode_to_vec()
     } else {
         let Ok(metrics) = ExportMetricsServiceRequest::decode(body) else {
             return bad_request();
@@ -629,6 +655,21 @@ fn gunzip(body: &[u8]) -> Result<Bytes, StatusCode> {
         return Err(StatusCode::PAYLOAD_TOO_LARGE);
     }
     Ok(plain.into())
+}
+
+/// Removes up to `count` spans, the first ones; how many it removed.
+fn reject_spans(request: &mut ExportTraceServiceRequest, count: usize) -> usize {
+    let mut rejected = 0;
+    let scope_spans = request
+        .resource_spans
+        .iter_mut()
+        .flat_map(|r| &mut r.scope_spans);
+    for scope_spans in scope_spans {
+        let here = (count - rejected).min(scope_spans.spans.len());
+        scope_spans.spans.drain(..here);
+        rejected += here;
+    }
+    rejected
 }
 
 fn attributes(kvs: &[KeyValue]) -> Attributes {

@@ -295,7 +295,7 @@ struct Selection {
     /// Whether "no selected process is running" was said since the last
     /// process was traced.
     idle_said: bool,
-    /// Instances gone whose exporters the export task is still to free.
+    /// Instances gone whose export state the export task is still to free.
     retired: Vec<Arc<Instance>>,
 }
 

@@ -62,11 +62,14 @@ pub enum DropReason {
     /// A request of a process the daemon could not place in a service (its
     /// selection was lost with a full ring buffer, or it exited long ago).
     Unattributed,
+    /// A span the collector refused in a partial success: spans, not
+    /// requests (one request's three spans need not share a fate).
+    SpansRejected,
 }
 
 impl DropReason {
     /// Every reason, in the order they are exported and logged.
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 15] = [
         Self::RingBufferFull,
         Self::CaptureFailed,
         Self::ConnectionTableFull,
@@ -81,6 +84,7 @@ impl DropReason {
         Self::ExportQueueFull,
         Self::ExportDropped,
         Self::Unattributed,
+        Self::SpansRejected,
     ];
 
     /// The exported `reason` attribute value.
@@ -100,6 +104,7 @@ impl DropReason {
             Self::ExportQueueFull => "export_queue_full",
             Self::ExportDropped => "export_dropped",
             Self::Unattributed => "unattributed_request",
+            Self::SpansRejected => "spans_rejected",
         }
     }
 
@@ -120,7 +125,8 @@ impl DropReason {
             | Self::TaskTableFull
             | Self::BadRecord
             | Self::UnparseableResponse
-            | Self::ResponseWithoutRequest => false,
+            | Self::ResponseWithoutRequest
+            | Self::SpansRejected => false,
         }
     }
 }
@@ -180,6 +186,8 @@ pub struct Stats {
     pub queue_full: AtomicU64,
     pub bad_records: AtomicU64,
     pub unattributed: AtomicU64,
+    /// Spans the collector refused (OTLP partial success).
+    pub spans_rejected: AtomicU64,
     kernel: [AtomicU64; KERNEL_COUNTERS as usize],
     unparseable_requests: AtomicU64,
     unparseable_responses: AtomicU64,
@@ -233,6 +241,7 @@ impl Stats {
             DropReason::ExportQueueFull => self.queue_full.load(Relaxed),
             DropReason::ExportDropped => self.export_dropped.load(Relaxed),
             DropReason::Unattributed => self.unattributed.load(Relaxed),
+            DropReason::SpansRejected => self.spans_rejected.load(Relaxed),
         }
     }
 

@@ -7,27 +7,30 @@
 //!
 //! Every instance's batches go through the one queue, under one capacity
 //! and one in-flight limit for the whole daemon (the instances share the
-//! collector, and its outage). A batch holds one instance's requests only
-//! and is exported by that instance's span exporter, which carries its
-//! resource: each instance has one from its first batch until it is
-//! retired and its last batch is delivered, or dropped and counted.
+//! collector, and its outage), and one client. A batch holds one
+//! instance's requests only, their spans encoded already, and is exported
+//! under that instance's resource: each instance has a lane, with its
+//! resource encoded once, from its first batch until it is retired and its
+//! last batch is delivered, or dropped and counted.
+//!
+//! Spans the collector refuses in a partial success are counted as
+//! `spans_rejected` (and logged the first time): the export succeeded, so
+//! nothing is retried.
 use std::{
     collections::{HashMap, VecDeque},
     sync::{Arc, atomic::Ordering::Relaxed},
     time::{Duration, Instant},
 };
 
-use opentelemetry::KeyValue;
-use opentelemetry_otlp::SpanExporter;
-use opentelemetry_sdk::{error::OTelSdkResult, trace::SpanExporter as _};
 use tokio::task::JoinSet;
 
-use super::{instance::Instance, otlp::SpanExporters, routes::Resolved, spans::SpanBuilder};
-use crate::{assembly::CompletedRequest, stats::Stats};
-
-/// Requests, each with its metric attributes (built once, for the histogram)
-/// and its resolved route and span name.
-pub type Batch = Vec<(CompletedRequest, Vec<KeyValue>, Resolved)>;
+use super::{
+    encode::{EncodedSpans, Envelope},
+    instance::Instance,
+    otlp::{ExportError, Rejected, TraceClient},
+    spans::{self, SPANS_PER_REQUEST},
+};
+use crate::stats::{DropReason, Stats};
 
 /// Requests per export at most (three spans each).
 pub const BATCH_SIZE: usize = 512;
@@ -36,9 +39,9 @@ const MAX_IN_FLIGHT: usize = 2;
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// One instance's exporter and how many of its requests are held.
+/// One instance's encoded resource and how many of its requests are held.
 struct Lane {
-    exporter: Arc<SpanExporter>,
+    envelope: Arc<Envelope>,
     /// Requests of this instance waiting or in flight.
     held: usize,
     /// Retired: the lane goes once nothing of it is held.
@@ -48,36 +51,31 @@ struct Lane {
 }
 
 /// A waiting batch and the key of its instance's [`Lane`].
-type Queued = (usize, Batch);
+type Queued = (usize, EncodedSpans);
 
 pub struct Delivery {
-    exporters: SpanExporters,
+    client: Arc<TraceClient>,
     lanes: HashMap<usize, Lane>,
-    builder: Arc<SpanBuilder>,
     stats: Arc<Stats>,
     /// Requests allowed to wait here, in flight included, all instances.
     capacity: usize,
     waiting: VecDeque<Queued>,
     /// Requests in `waiting` and in flight.
     held: usize,
-    in_flight: JoinSet<(usize, Batch, usize, OTelSdkResult)>,
+    in_flight: JoinSet<(usize, EncodedSpans, Result<Rejected, ExportError>)>,
     retry_at: Option<Instant>,
     backoff: Duration,
     /// When exports started failing, while they do.
     outage_since: Option<Instant>,
+    /// A partial success was logged: later ones are only counted.
+    rejection_logged: bool,
 }
 
 impl Delivery {
-    pub fn new(
-        exporters: SpanExporters,
-        builder: SpanBuilder,
-        stats: Arc<Stats>,
-        capacity: usize,
-    ) -> Self {
+    pub fn new(client: TraceClient, stats: Arc<Stats>, capacity: usize) -> Self {
         Self {
-            exporters,
+            client: Arc::new(client),
             lanes: HashMap::new(),
-            builder: Arc::new(builder),
             stats,
             capacity,
             waiting: VecDeque::new(),
@@ -86,36 +84,23 @@ impl Delivery {
             retry_at: None,
             backoff: FIRST_BACKOFF,
             outage_since: None,
+            rejection_logged: false,
         }
     }
 
     /// Queues a batch of `instance`'s requests, dropping the oldest waiting
     /// requests (of any instance) beyond the capacity.
-    pub fn push(&mut self, instance: &Arc<Instance>, batch: Batch) {
+    pub fn push(&mut self, instance: &Arc<Instance>, batch: EncodedSpans) {
         if batch.is_empty() {
             return;
         }
         let key = Instance::key(instance);
-        if !self.lanes.contains_key(&key) {
-            match self.exporters.build(&instance.resource) {
-                Ok(exporter) => {
-                    let lane = Lane {
-                        exporter: Arc::new(exporter),
-                        held: 0,
-                        retired: false,
-                        _instance: instance.clone(),
-                    };
-                    self.lanes.insert(key, lane);
-                }
-                Err(err) => {
-                    // The settings built one at start-up: not expected.
-                    log::error!("cannot export this instance's spans: {err}");
-                    let lost = batch.len() as u64;
-                    self.stats.export_dropped.fetch_add(lost, Relaxed);
-                    return;
-                }
-            }
-        }
+        self.lanes.entry(key).or_insert_with(|| Lane {
+            envelope: Arc::new(Envelope::new(&instance.resource, &spans::scope())),
+            held: 0,
+            retired: false,
+            _instance: instance.clone(),
+        });
         self.held += batch.len();
         self.lane(key).held += batch.len();
         self.waiting.push_back((key, batch));
@@ -125,7 +110,7 @@ impl Delivery {
             };
             let oldest_key = *oldest_key;
             let excess = (self.held - self.capacity).min(oldest.len());
-            oldest.drain(..excess);
+            oldest.drop_oldest(excess);
             if oldest.is_empty() {
                 self.waiting.pop_front();
             }
@@ -136,8 +121,8 @@ impl Delivery {
         self.dispatch();
     }
 
-    /// The instance will send nothing more: its exporter goes once what it
-    /// has here is delivered or dropped.
+    /// The instance will send nothing more: its lane goes once what it has
+    /// here is delivered or dropped.
     pub fn retire(&mut self, instance: &Arc<Instance>) {
         let key = Instance::key(instance);
         if let Some(lane) = self.lanes.get_mut(&key) {
@@ -146,8 +131,9 @@ impl Delivery {
         self.release(key, 0);
     }
 
-    /// Instances with an exporter now.
-    pub fn exporters(&self) -> usize {
+    /// Instances with a lane now.
+    #[cfg(test)]
+    pub fn lanes(&self) -> usize {
         self.lanes.len()
     }
 
@@ -156,7 +142,7 @@ impl Delivery {
     }
 
     /// `count` of the lane's requests left; a retired lane with nothing
-    /// left is dropped, and its exporter with it.
+    /// left is dropped.
     fn release(&mut self, key: usize, count: usize) {
         let Some(lane) = self.lanes.get_mut(&key) else {
             return;
@@ -183,10 +169,10 @@ impl Delivery {
             return;
         };
         match outcome {
-            Ok((key, batch, spans, Ok(()))) => {
+            Ok((key, batch, Ok(rejected))) => {
                 self.held -= batch.len();
                 self.release(key, batch.len());
-                self.stats.spans_exported.fetch_add(spans as u64, Relaxed);
+                self.count_exported(batch.len(), rejected);
                 if let Some(since) = self.outage_since.take() {
                     log::info!(
                         "OTLP export resumed after {:.0} s",
@@ -195,7 +181,7 @@ impl Delivery {
                 }
                 self.backoff = FIRST_BACKOFF;
             }
-            Ok((key, batch, _, Err(err))) => {
+            Ok((key, batch, Err(err))) => {
                 if self.outage_since.is_none() {
                     self.outage_since = Some(Instant::now());
                     log::warn!(
@@ -212,6 +198,27 @@ impl Delivery {
             Err(err) => log::error!("an export task failed: {err}"),
         }
         self.dispatch();
+    }
+
+    fn count_exported(&mut self, requests: usize, rejected: Rejected) {
+        let spans = (requests * SPANS_PER_REQUEST) as u64;
+        let refused = rejected.spans.min(spans);
+        self.stats
+            .spans_exported
+            .fetch_add(spans - refused, Relaxed);
+        if refused == 0 {
+            return;
+        }
+        self.stats.spans_rejected.fetch_add(refused, Relaxed);
+        if !self.rejection_logged {
+            self.rejection_logged = true;
+            log::warn!(
+                "the collector rejected {refused} of {spans} spans ({:?}); counted as {}, \
+                 and from now on only counted",
+                rejected.message,
+                DropReason::SpansRejected
+            );
+        }
     }
 
     /// Starts exports of waiting batches, as many as the state allows.
@@ -234,25 +241,15 @@ impl Delivery {
             while self.waiting.front().is_some_and(|(next_key, next)| {
                 *next_key == key && batch.len() + next.len() <= BATCH_SIZE
             }) {
-                batch.extend(
-                    self.waiting
-                        .pop_front()
-                        .into_iter()
-                        .flat_map(|(_, next)| next),
-                );
+                if let Some((_, next)) = self.waiting.pop_front() {
+                    batch.append(next);
+                }
             }
-            let exporter = self.lane(key).exporter.clone();
-            let builder = self.builder.clone();
+            let envelope = self.lane(key).envelope.clone();
+            let client = self.client.clone();
             self.in_flight.spawn(async move {
-                let spans: Vec<_> = batch
-                    .iter()
-                    .flat_map(|(request, attributes, resolved)| {
-                        builder.spans(request, attributes.clone(), resolved)
-                    })
-                    .collect();
-                let count = spans.len();
-                let result = exporter.export(spans).await;
-                (key, batch, count, result)
+                let result = client.export(envelope.export_request(&batch)).await;
+                (key, batch, result)
             });
         }
     }
@@ -280,5 +277,133 @@ impl Delivery {
         self.waiting.clear();
         self.held = 0;
         self.lanes.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use harness::sink::{Sink, SinkOptions};
+    use opentelemetry_sdk::Resource;
+
+    use super::*;
+    use crate::telemetry::{
+        clock::Clock,
+        exporter::OtlpProtocol,
+        otel_env::{self, Flags},
+        routes::{RouteConfig, Routes},
+        spans::{SpanEncoder, tests::request_to},
+    };
+
+    const PROTOCOLS: [OtlpProtocol; 2] = [OtlpProtocol::Grpc, OtlpProtocol::HttpProtobuf];
+
+    async fn sink(options: SinkOptions) -> Sink {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        Sink::start_with(loopback, loopback, options)
+            .await
+            .expect("a sink")
+    }
+
+    /// A delivery to the sink, as `--otlp-endpoint` would set it up, or to
+    /// `traces_endpoint` if given.
+    fn delivery(sink: &Sink, protocol: OtlpProtocol, traces_endpoint: Option<String>) -> Delivery {
+        let endpoint = match protocol {
+            OtlpProtocol::Grpc => format!("http://{}", sink.grpc_addr()),
+            OtlpProtocol::HttpProtobuf => format!("http://{}", sink.http_addr()),
+        };
+        let flags = Flags {
+            endpoint: traces_endpoint.is_none().then_some(endpoint.as_str()),
+            protocol: Some(protocol),
+            metric_interval: None,
+        };
+        let lookup = |name: &str| {
+            (name == "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                .then(|| traces_endpoint.clone())
+                .flatten()
+        };
+        let otlp = otel_env::resolve(&flags, lookup)
+            .expect("valid settings")
+            .otlp
+            .expect("OTLP on");
+        let client = TraceClient::new(&otlp.traces).expect("a client");
+        Delivery::new(client, Arc::default(), 1_000)
+    }
+
+    /// Two requests of one instance, encoded.
+    fn two_requests() -> (Arc<Instance>, EncodedSpans) {
+        let instance = Arc::new(Instance {
+            service: 0,
+            resource: Resource::builder_empty().with_service_name("web").build(),
+        });
+        let mut routes = Routes::new(RouteConfig::default(), Arc::default());
+        let mut encoder = SpanEncoder::new(Clock::new());
+        let mut batch = EncodedSpans::default();
+        for path in ["/a", "/b"] {
+            let request = request_to(path, 200);
+            encoder.push(&request, &routes.resolve(&request), &mut batch);
+        }
+        (instance, batch)
+    }
+
+    async fn settle(delivery: &mut Delivery) {
+        while delivery.busy() {
+            delivery.finished().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn spans_rejected_in_a_partial_success_are_counted_not_retried() {
+        for protocol in PROTOCOLS {
+            let sink = sink(SinkOptions {
+                reject_spans: 2,
+                ..SinkOptions::default()
+            })
+            .await;
+            let mut delivery = delivery(&sink, protocol, None);
+            let (instance, batch) = two_requests();
+            delivery.push(&instance, batch);
+            settle(&mut delivery).await;
+            assert!(delivery.is_empty(), "{protocol:?}: nothing to retry");
+            let stats = &delivery.stats;
+            assert_eq!(stats.spans_exported.load(Relaxed), 4, "{protocol:?}");
+            assert!(
+                stats
+                    .dropped()
+                    .any(|counted| counted == (DropReason::SpansRejected, 2)),
+                "{protocol:?}"
+            );
+            assert_eq!(stats.export_dropped.load(Relaxed), 0, "{protocol:?}");
+            assert_eq!(sink.spans().len(), 4, "{protocol:?}");
+            sink.shutdown().await;
+        }
+    }
+
+    /// An HTTP error status (404 off the traces path) or a failed gRPC call
+    /// (the HTTP/1 port answers no HTTP/2) is a failed export: its
+    /// requests wait for a retry, and a shutdown in the outage counts them.
+    #[tokio::test]
+    async fn a_refused_export_is_held_for_a_retry() {
+        for protocol in PROTOCOLS {
+            let sink = sink(SinkOptions::default()).await;
+            let wrong = match protocol {
+                OtlpProtocol::Grpc => format!("http://{}", sink.http_addr()),
+                OtlpProtocol::HttpProtobuf => format!("http://{}/v1/spans", sink.http_addr()),
+            };
+            let mut delivery = delivery(&sink, protocol, Some(wrong));
+            let (instance, batch) = two_requests();
+            delivery.push(&instance, batch);
+            settle(&mut delivery).await;
+            assert!(!delivery.is_empty(), "{protocol:?}: held for a retry");
+            assert_eq!(delivery.held, 2, "{protocol:?}");
+            assert_eq!(delivery.stats.spans_exported.load(Relaxed), 0);
+            delivery
+                .flush(Instant::now() + Duration::from_secs(5))
+                .await;
+            let stats = &delivery.stats;
+            assert_eq!(stats.export_dropped.load(Relaxed), 2, "{protocol:?}");
+            assert!(sink.spans().is_empty(), "{protocol:?}");
+            sink.shutdown().await;
+        }
     }
 }

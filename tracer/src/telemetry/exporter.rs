@@ -1,14 +1,14 @@
 //! The export task: takes completed requests, each tagged with its
 //! [`Instance`], from a bounded queue, prints them as JSON if asked, records
 //! the duration histogram (for OTLP and the Prometheus endpoint, whichever
-//! is on) under the instance's resource, and hands the requests the sampler
-//! keeps, in batches of one instance each, to [`Delivery`], which retries
-//! within a bounded queue: a dead or slow collector costs memory only up to
-//! the queue size, and drops are counted.
+//! is on) under the instance's resource, encodes the spans of the requests
+//! the sampler keeps, and hands them, in batches of one instance each, to
+//! [`Delivery`], which retries within a bounded queue: a dead or slow
+//! collector costs memory only up to the queue size, and drops are counted.
 //!
 //! Each live instance has its batch, its meter provider (through
-//! [`Meters`]) and, in [`Delivery`], its span exporter; routes are per
-//! service. [`ExportItem::Retired`] frees an instance's share of all that.
+//! [`Meters`]) and, in [`Delivery`], its lane; routes are per service.
+//! [`ExportItem::Retired`] frees an instance's share of all that.
 use std::{
     collections::HashMap,
     sync::Arc,
@@ -25,16 +25,17 @@ use tokio::sync::mpsc;
 use super::{
     active::ActiveRequests,
     clock::Clock,
-    delivery::{BATCH_SIZE, Batch, Delivery},
+    delivery::{BATCH_SIZE, Delivery},
+    encode::EncodedSpans,
     instance::{ExportItem, Instance, ServiceExport, tracer_resource},
     json,
     meters::Meters,
     otel_env::OtlpSignals,
-    otlp::{self, ExporterSetupError, SpanExporters},
+    otlp::{self, ExporterSetupError, TraceClient},
     prometheus,
     routes::Routes,
     sampling::SpanSampler,
-    spans::{SpanBuilder, metric_attributes},
+    spans::{SpanEncoder, metric_attributes},
 };
 use crate::stats::Stats;
 
@@ -80,9 +81,10 @@ pub struct ExportConfig {
 /// The meters' key of the tracer's own provider: no `Arc`'s address.
 const TRACER_METERS: usize = 0;
 
-/// Where spans and metrics go: spans through `delivery`, metrics read from
-/// each instance's provider by `meters`.
+/// Where spans and metrics go: spans encoded by `encoder` through
+/// `delivery`, metrics read from each instance's provider by `meters`.
 struct Otlp {
+    encoder: SpanEncoder,
     delivery: Delivery,
     meters: Meters,
     /// The tracer's own counters, under [`tracer_resource`].
@@ -99,7 +101,7 @@ impl Otlp {
         clock: Clock,
         stats: &Arc<Stats>,
     ) -> Result<Self, ExporterSetupError> {
-        let spans = SpanExporters::new(&signals.traces)?;
+        let client = TraceClient::new(&signals.traces)?;
         let meters = Meters::start(
             otlp::metric_exporter(&signals.metrics)?,
             config.metric_interval,
@@ -108,12 +110,8 @@ impl Otlp {
         let tracer_meters = meters.provider(TRACER_METERS, tracer_resource().clone());
         register_tracer_counters(&tracer_meters.meter("tracer"), stats);
         Ok(Self {
-            delivery: Delivery::new(
-                spans,
-                SpanBuilder::new(clock),
-                stats.clone(),
-                config.queue_capacity,
-            ),
+            encoder: SpanEncoder::new(clock),
+            delivery: Delivery::new(client, stats.clone(), config.queue_capacity),
             meters,
             tracer_meters,
             flush_timeout: signals.traces.timeout,
@@ -151,8 +149,8 @@ fn register_tracer_counters(meter: &Meter, stats: &Arc<Stats>) {
 /// What the export task keeps for one live instance.
 struct Live {
     instance: Arc<Instance>,
-    /// Sampled requests not yet handed to delivery.
-    batch: Batch,
+    /// Sampled requests' spans not yet handed to delivery.
+    batch: EncodedSpans,
     /// Its OTLP meter provider and RED instruments.
     meters: Option<(SdkMeterProvider, Instruments)>,
 }
@@ -298,7 +296,6 @@ impl Export {
         let seconds = request.end_ns.saturating_sub(request.start_ns) as f64 / 1e9;
         let resolved = self.routes[instance.service].resolve(&request);
         let mut attributes = metric_attributes(&request);
-        let shared = attributes.len();
         resolved.push_metric_attributes(&mut attributes);
         if let Some(prometheus) = &self.prometheus {
             prometheus.record(&instance, seconds, request.response_body_bytes, &attributes);
@@ -320,7 +317,7 @@ impl Export {
                 );
                 Live {
                     instance,
-                    batch: Vec::new(),
+                    batch: EncodedSpans::default(),
                     meters: Some((provider, instruments)),
                 }
             });
@@ -333,11 +330,9 @@ impl Export {
         if otlp.sampler.keeps() {
             // Past --route-limit the metric's route is the overflow's; the
             // span takes its own from `resolved`.
-            attributes.truncate(shared);
-            live.batch.push((request, attributes, resolved));
+            otlp.encoder.push(&request, &resolved, &mut live.batch);
             if live.batch.len() >= BATCH_SIZE {
-                otlp.delivery
-                    .push(&live.instance, std::mem::take(&mut live.batch));
+                otlp.delivery.push(&live.instance, live.batch.take());
             }
         }
     }
@@ -348,8 +343,7 @@ impl Export {
             return;
         };
         for live in self.live.values_mut() {
-            otlp.delivery
-                .push(&live.instance, std::mem::take(&mut live.batch));
+            otlp.delivery.push(&live.instance, live.batch.take());
         }
         otlp.delivery.dispatch();
     }
@@ -512,14 +506,14 @@ mod tests {
             }
         }
         assert_eq!(export.live(), 2);
-        assert_eq!(delivery(&mut export).exporters(), 2);
+        assert_eq!(delivery(&mut export).lanes(), 2);
 
-        // Retired, an instance's exporter and provider go, and its metrics
+        // Retired, an instance's lane and provider go, and its metrics
         // are exported a last time; the other's at shutdown, with the
         // tracer's own counters under the tracer's resource.
         export.handle(ExportItem::Retired(one.clone()));
         assert_eq!(export.live(), 1);
-        assert_eq!(delivery(&mut export).exporters(), 1);
+        assert_eq!(delivery(&mut export).lanes(), 1);
         export.shutdown().await;
         let metrics = sink.metrics();
         let durations = metrics
@@ -543,16 +537,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_retired_instance_keeps_its_exporter_until_its_spans_are_delivered() {
+    async fn a_retired_instance_keeps_its_lane_until_its_spans_are_delivered() {
         let sink = sink().await;
         let mut export = export_to(&sink).await;
         let one = instance("one", 10);
         export.handle(ExportItem::Request(one.clone(), request(11)));
         export.handle(ExportItem::Retired(one.clone()));
         assert_eq!(export.live(), 0);
-        assert_eq!(delivery(&mut export).exporters(), 1, "its batch in flight");
+        assert_eq!(delivery(&mut export).lanes(), 1, "its batch in flight");
         delivered(&mut export).await;
-        assert_eq!(delivery(&mut export).exporters(), 0);
+        assert_eq!(delivery(&mut export).lanes(), 0);
         assert!(sink.wait_for_spans(3, Duration::from_secs(10)).await);
         // A request after retirement starts the instance again.
         export.handle(ExportItem::Request(one.clone(), request(12)));

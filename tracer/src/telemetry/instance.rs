@@ -2,8 +2,9 @@
 //! traced process tree is one [`Instance`] of a service, with an OTLP
 //! resource of its own, and the daemon tags every completed request with
 //! its instance. Spans and metrics of two instances never share a
-//! resource: each live instance has its own span exporter and meter
-//! provider, from its first request until it is [`ExportItem::Retired`].
+//! resource: each live instance has its own encoded resource for its spans
+//! and its own meter provider, from its first request until it is
+//! [`ExportItem::Retired`].
 //!
 //! Instances are told apart by the address of their `Arc`
 //! ([`Instance::key`]): whoever keys state by it also holds a clone of the
@@ -48,7 +49,7 @@ impl Instance {
 /// What the daemon sends the export task.
 pub enum ExportItem {
     Request(Arc<Instance>, CompletedRequest),
-    /// The instance's processes are all gone: flush what it has, export its metrics a last time, free its exporters.
+    /// The instance's processes are all gone: flush what it has, export its metrics a last time, free its export state.
     Retired(Arc<Instance>),
 }
 

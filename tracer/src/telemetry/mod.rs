@@ -3,6 +3,7 @@
 pub mod active;
 pub mod clock;
 pub mod delivery;
+pub mod encode;
 pub mod exporter;
 pub mod instance;
 pub mod json;
@@ -10,6 +11,8 @@ pub mod meters;
 pub mod otel_env;
 pub mod otlp;
 pub mod prometheus;
+#[cfg(test)]
+mod reference;
 pub mod routes;
 pub mod sampling;
 pub mod spans;

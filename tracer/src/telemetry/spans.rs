@@ -3,17 +3,36 @@
 //! a route, never the raw path: [`super::routes`]) and two INTERNAL children
 //! that say where the time went, "in queue" (handshake to first byte read:
 //! the accept queue, invisible to an in-process SDK) and "processing".
-use std::{borrow::Cow, net::IpAddr};
-
-use opentelemetry::{
-    Array, InstrumentationScope, KeyValue, StringValue, Value,
-    trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState},
+//!
+//! The spans are encoded as they are built ([`super::encode`]), from
+//! strings borrowed from the request: a request costs no allocation here.
+use std::{
+    fmt::{self, Write as _},
+    net::IpAddr,
 };
-use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SpanData, SpanEvents, SpanLinks};
+
+use opentelemetry::{KeyValue, Value, trace::TraceFlags};
+use opentelemetry_proto::tonic::{
+    common::v1::InstrumentationScope,
+    trace::v1::{SpanFlags, span::SpanKind},
+};
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 use tracer_common::{AF_INET, AF_INET6};
 
-use super::{clock::Clock, routes::Resolved};
+use super::{
+    clock::Clock,
+    encode::{Attributes, EncodedSpans, Span},
+    routes::Resolved,
+};
 use crate::assembly::CompletedRequest;
+
+/// The server span and its two children.
+pub const SPANS_PER_REQUEST: usize = 3;
+
+/// Every span's flags: sampled, and the parent (if any) known to be local.
+fn flags() -> u32 {
+    u32::from(TraceFlags::SAMPLED.to_u8()) | SpanFlags::ContextHasIsRemoteMask as u32
+}
 
 /// The peer's address and port, when the connection's handshake was seen.
 pub fn peer(request: &CompletedRequest) -> Option<(IpAddr, u16)> {
@@ -26,181 +45,266 @@ pub fn peer(request: &CompletedRequest) -> Option<(IpAddr, u16)> {
     Some((address, meta.peer_port))
 }
 
-/// Attributes shared by the span and the duration metric.
-pub fn metric_attributes(request: &CompletedRequest) -> Vec<KeyValue> {
-    let mut attributes = vec![
-        KeyValue::new("http.request.method", request.request.method.clone()),
-        KeyValue::new("http.response.status_code", i64::from(request.status)),
-        KeyValue::new("url.scheme", "http"),
-        KeyValue::new("network.protocol.name", "http"),
-        KeyValue::new(
-            "network.protocol.version",
-            if request.request.minor_version == 0 {
-                "1.0"
-            } else {
-                "1.1"
-            },
-        ),
-    ];
+/// Text formatted on the stack: an address or a status code, no `String`.
+struct StackText<const N: usize> {
+    bytes: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> StackText<N> {
+    /// What fits of `args` in `N` bytes.
+    fn format(args: fmt::Arguments<'_>) -> Self {
+        let mut text = Self {
+            bytes: [0; N],
+            len: 0,
+        };
+        let _ = text.write_fmt(args);
+        text
+    }
+
+    /// An address as `Display` writes it; IPv4 without `core::fmt`, which
+    /// costs a tenth of a span's encoding.
+    fn address(address: IpAddr) -> Self {
+        let IpAddr::V4(v4) = address else {
+            return Self::format(format_args!("{address}"));
+        };
+        let mut text = Self::format(format_args!(""));
+        for (index, octet) in v4.octets().into_iter().enumerate() {
+            if index > 0 {
+                text.push(b'.');
+            }
+            if octet >= 100 {
+                text.push(b'0' + octet / 100);
+            }
+            if octet >= 10 {
+                text.push(b'0' + octet / 10 % 10);
+            }
+            text.push(b'0' + octet % 10);
+        }
+        text
+    }
+
+    fn push(&mut self, byte: u8) {
+        if let Some(slot) = self.bytes.get_mut(self.len) {
+            *slot = byte;
+            self.len += 1;
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
+    }
+}
+
+impl<const N: usize> fmt::Write for StackText<N> {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        let end = self.len + text.len();
+        let slot = self.bytes.get_mut(self.len..end).ok_or(fmt::Error)?;
+        slot.copy_from_slice(text.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// A shared attribute's value, borrowed for the span or copied for the metric.
+enum Shared<'a> {
+    Static(&'static str),
+    Str(&'a str),
+    Int(i64),
+}
+
+/// Attributes shared by the span and the duration metric, in their order.
+fn shared_attributes(request: &CompletedRequest, mut each: impl FnMut(&'static str, Shared<'_>)) {
+    // A made-up method is `_OTHER`: it cannot grow a metric's series.
+    let method = crate::http::method_attribute(&request.request.method);
+    each("http.request.method", Shared::Static(method));
+    each(
+        "http.response.status_code",
+        Shared::Int(i64::from(request.status)),
+    );
+    each("url.scheme", Shared::Static("http"));
+    each("network.protocol.name", Shared::Static("http"));
+    let version = if request.request.minor_version == 0 {
+        "1.0"
+    } else {
+        "1.1"
+    };
+    each("network.protocol.version", Shared::Static(version));
     if let Some(meta) = request.meta {
-        attributes.push(KeyValue::new("server.port", i64::from(meta.local_port)));
+        each("server.port", Shared::Int(i64::from(meta.local_port)));
     }
     if request.status >= 500 {
-        attributes.push(KeyValue::new("error.type", request.status.to_string()));
+        let status = StackText::<5>::format(format_args!("{}", request.status));
+        each("error.type", Shared::Str(status.as_str()));
     }
+}
+
+/// The shared attributes at most, and the two a route adds to them
+/// ([`Resolved::push_metric_attributes`]).
+const MAX_METRIC_ATTRIBUTES: usize = 9;
+
+/// Attributes shared by the span and the duration metric.
+pub fn metric_attributes(request: &CompletedRequest) -> Vec<KeyValue> {
+    let mut attributes = Vec::with_capacity(MAX_METRIC_ATTRIBUTES);
+    shared_attributes(request, |key, value| {
+        let value = match value {
+            Shared::Static(text) => Value::from(text),
+            Shared::Str(text) => Value::from(text.to_owned()),
+            Shared::Int(number) => Value::from(number),
+        };
+        attributes.push(KeyValue::new(key, value));
+    });
     attributes
 }
 
 /// `--capture-header` values as the semantic conventions give them:
 /// `http.request.header.<name>`, a string array holding every value of the
 /// header in order, and `user_agent.original` for User-Agent.
-fn push_captured_headers(attributes: &mut Vec<KeyValue>, headers: &[(String, String)]) {
-    let mut names: Vec<&str> = Vec::new();
-    for (name, value) in headers {
-        if name == "user-agent" && !names.contains(&"user-agent") {
-            attributes.push(KeyValue::new("user_agent.original", value.clone()));
-        }
-        if !names.contains(&name.as_str()) {
-            names.push(name);
-        }
+fn push_captured_headers(attributes: &mut Attributes, headers: &[(String, String)]) {
+    if let Some((_, agent)) = headers.iter().find(|(name, _)| name == "user-agent") {
+        attributes.str("user_agent.original", agent);
     }
-    for name in names {
-        let values: Vec<StringValue> = headers
+    for (index, (name, _)) in headers.iter().enumerate() {
+        if headers[..index].iter().any(|(earlier, _)| earlier == name) {
+            continue;
+        }
+        let values = headers[index..]
             .iter()
             .filter(|(other, _)| other == name)
-            .map(|(_, value)| value.clone().into())
-            .collect();
-        attributes.push(KeyValue::new(
-            format!("http.request.header.{name}"),
-            Value::Array(Array::String(values)),
-        ));
+            .map(|(_, value)| value.as_str());
+        attributes.strings(&["http.request.header.", name], values);
     }
 }
 
-pub struct SpanBuilder {
-    ids: RandomIdGenerator,
-    scope: InstrumentationScope,
+/// The instrumentation scope of every span.
+pub fn scope() -> InstrumentationScope {
+    InstrumentationScope {
+        name: "tracer".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        ..Default::default()
+    }
+}
+
+/// Turns requests into encoded spans, with random ids unless told otherwise.
+pub struct SpanEncoder<I = RandomIdGenerator> {
+    ids: I,
     clock: Clock,
+    /// The server span's, reused from request to request.
+    attributes: Attributes,
 }
 
-impl SpanBuilder {
+impl SpanEncoder {
     pub fn new(clock: Clock) -> Self {
+        Self::with_ids(clock, RandomIdGenerator::default())
+    }
+}
+
+impl<I: IdGenerator> SpanEncoder<I> {
+    pub fn with_ids(clock: Clock, ids: I) -> Self {
         Self {
-            ids: RandomIdGenerator::default(),
-            scope: InstrumentationScope::builder("tracer")
-                .with_version(env!("CARGO_PKG_VERSION"))
-                .build(),
+            ids,
             clock,
+            attributes: Attributes::default(),
         }
     }
 
-    /// The server span, then its "in queue" and "processing" children.
-    /// `attributes` are the request's [`metric_attributes`], already built
-    /// for the duration histogram; the span-only ones are added to them.
-    /// `resolved` names the span and gives its `http.route`.
-    pub fn spans(
-        &self,
+    /// Appends the server span, then its "in queue" and "processing"
+    /// children, as one request of `out`. `resolved` names the server span
+    /// and gives its `http.route`.
+    pub fn push(
+        &mut self,
         request: &CompletedRequest,
-        mut attributes: Vec<KeyValue>,
         resolved: &Resolved,
-    ) -> [SpanData; 3] {
-        let trace_id = self.ids.new_trace_id();
-        let server_id = self.ids.new_span_id();
+        out: &mut EncodedSpans,
+    ) {
+        let trace_id = self.ids.new_trace_id().to_bytes();
+        let server_id = self.ids.new_span_id().to_bytes();
+        let attributes = &mut self.attributes;
+        attributes.clear();
+        shared_attributes(request, |key, value| match value {
+            Shared::Static(text) | Shared::Str(text) => attributes.str(key, text),
+            Shared::Int(number) => attributes.int(key, number),
+        });
         if let Some(route) = &resolved.route {
-            attributes.push(KeyValue::new("http.route", route.clone()));
+            attributes.str("http.route", route);
         }
-        attributes.push(KeyValue::new("url.path", request.request.path.clone()));
-        attributes.push(KeyValue::new("process.pid", i64::from(request.tgid)));
+        if crate::http::method_attribute(&request.request.method) == "_OTHER" {
+            attributes.str("http.request.method_original", &request.request.method);
+        }
+        attributes.str("url.path", &request.request.path);
+        attributes.int("process.pid", i64::from(request.tgid));
         if let Some((address, port)) = peer(request) {
-            attributes.push(KeyValue::new("client.address", address.to_string()));
-            attributes.push(KeyValue::new("client.port", i64::from(port)));
+            // The longest IPv6 text is 45 bytes.
+            let address = StackText::<46>::address(address);
+            attributes.str("client.address", address.as_str());
+            attributes.int("client.port", i64::from(port));
         }
-        push_captured_headers(&mut attributes, &request.captured_headers);
-        let status = if request.status >= 500 {
-            Status::error(format!("HTTP {}", request.status))
-        } else {
-            Status::Unset
+        push_captured_headers(attributes, &request.captured_headers);
+        let error = (request.status >= 500)
+            .then(|| StackText::<10>::format(format_args!("HTTP {}", request.status)));
+        let time = |monotonic_ns| self.clock.unix_ns(monotonic_ns);
+        let (start_ns, first_read_ns, end_ns) =
+            (request.start_ns, request.first_read_ns, request.end_ns);
+        let server = Span {
+            trace_id,
+            span_id: server_id,
+            parent_span_id: None,
+            name: &resolved.span_name,
+            kind: SpanKind::Server,
+            start_unix_ns: time(start_ns),
+            end_unix_ns: time(end_ns.max(start_ns)),
+            attributes: &self.attributes,
+            error: error.as_ref().map(StackText::as_str),
+            flags: flags(),
         };
-        let server = self.span(
-            trace_id,
-            server_id,
-            SpanId::INVALID,
-            SpanKind::Server,
-            resolved.span_name.clone().into(),
-            (request.start_ns, request.end_ns),
-            attributes,
-            status,
-        );
-        let queue = self.span(
-            trace_id,
-            self.ids.new_span_id(),
-            server_id,
-            SpanKind::Internal,
-            "in queue".into(),
-            (request.start_ns, request.first_read_ns),
-            Vec::new(),
-            Status::Unset,
-        );
-        let processing = self.span(
-            trace_id,
-            self.ids.new_span_id(),
-            server_id,
-            SpanKind::Internal,
-            "processing".into(),
-            (request.first_read_ns, request.end_ns),
-            Vec::new(),
-            Status::Unset,
-        );
-        [server, queue, processing]
-    }
-
-    #[expect(clippy::too_many_arguments, reason = "one call per field of SpanData")]
-    fn span(
-        &self,
-        trace_id: TraceId,
-        span_id: SpanId,
-        parent_span_id: SpanId,
-        span_kind: SpanKind,
-        name: Cow<'static, str>,
-        (start_ns, end_ns): (u64, u64),
-        attributes: Vec<KeyValue>,
-        status: Status,
-    ) -> SpanData {
-        SpanData {
-            span_context: SpanContext::new(
-                trace_id,
-                span_id,
-                TraceFlags::SAMPLED,
-                false,
-                TraceState::default(),
-            ),
-            parent_span_id,
-            parent_span_is_remote: false,
-            span_kind,
+        out.push_span(&server);
+        let none = Attributes::default();
+        let child = |span_id, name, (start_ns, end_ns): (u64, u64)| Span {
+            span_id,
+            parent_span_id: Some(server_id),
             name,
-            start_time: self.clock.system_time(start_ns),
-            end_time: self.clock.system_time(end_ns.max(start_ns)),
-            attributes,
-            dropped_attributes_count: 0,
-            events: SpanEvents::default(),
-            links: SpanLinks::default(),
-            status,
-            instrumentation_scope: self.scope.clone(),
-        }
+            kind: SpanKind::Internal,
+            start_unix_ns: time(start_ns),
+            end_unix_ns: time(end_ns.max(start_ns)),
+            attributes: &none,
+            error: None,
+            ..server
+        };
+        out.push_span(&child(
+            self.ids.new_span_id().to_bytes(),
+            "in queue",
+            (start_ns, first_read_ns),
+        ));
+        out.push_span(&child(
+            self.ids.new_span_id().to_bytes(),
+            "processing",
+            (first_read_ns, end_ns),
+        ));
+        out.end_request();
     }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use tracer_common::ConnMeta;
-
     use std::sync::Arc;
+
+    use opentelemetry_proto::tonic::{
+        collector::trace::v1::ExportTraceServiceRequest,
+        common::v1::{AnyValue, ArrayValue, any_value::Value as Val},
+        trace::v1::{self, status::StatusCode},
+    };
+    use opentelemetry_sdk::Resource;
+    use prost::Message as _;
+    use tracer_common::ConnMeta;
 
     use super::*;
     use crate::{
         http::RequestHead,
         stats::Stats,
-        telemetry::routes::{RouteConfig, Routes},
+        telemetry::{
+            encode::Envelope,
+            routes::{RouteConfig, Routes},
+        },
     };
 
     fn request(status: u16) -> CompletedRequest {
@@ -236,54 +340,69 @@ pub(crate) mod tests {
         }
     }
 
-    fn spans_of(request: &CompletedRequest) -> [SpanData; 3] {
+    fn spans_of(request: &CompletedRequest) -> [v1::Span; 3] {
         let mut routes = Routes::new(RouteConfig::default(), Arc::new(Stats::default()));
         let resolved = routes.resolve(request);
-        SpanBuilder::new(Clock::new()).spans(request, metric_attributes(request), &resolved)
+        let mut spans = EncodedSpans::default();
+        SpanEncoder::new(Clock::new()).push(request, &resolved, &mut spans);
+        assert_eq!(spans.len(), 1);
+        let envelope = Envelope::new(&Resource::builder_empty().build(), &scope());
+        let request = ExportTraceServiceRequest::decode(&envelope.export_request(&spans)[..])
+            .expect("a valid message");
+        let [resource_spans] = &request.resource_spans[..] else {
+            panic!("one ResourceSpans");
+        };
+        let [scope_spans] = &resource_spans.scope_spans[..] else {
+            panic!("one ScopeSpans");
+        };
+        assert_eq!(scope_spans.scope, Some(scope()));
+        scope_spans.spans.clone().try_into().expect("three spans")
     }
 
-    fn attribute<'a>(span: &'a SpanData, key: &str) -> Option<&'a opentelemetry::Value> {
+    fn attribute<'a>(span: &'a v1::Span, key: &str) -> Option<&'a Val> {
         span.attributes
             .iter()
-            .find(|kv| kv.key.as_str() == key)
-            .map(|kv| &kv.value)
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+    }
+
+    fn string(value: &str) -> Val {
+        Val::StringValue(value.into())
     }
 
     #[test]
     fn server_span_follows_semantic_conventions() {
         let [server, queue, processing] = spans_of(&request(200));
         assert_eq!(server.name, "GET /work");
-        assert_eq!(attribute(&server, "http.route").unwrap().as_str(), "/work");
-        assert_eq!(server.span_kind, SpanKind::Server);
+        assert_eq!(attribute(&server, "http.route"), Some(&string("/work")));
+        assert_eq!(server.kind, SpanKind::Server as i32);
+        assert_eq!(queue.kind, SpanKind::Internal as i32);
         assert_eq!(
-            attribute(&server, "http.request.method").unwrap().as_str(),
-            "GET"
+            attribute(&server, "http.request.method"),
+            Some(&string("GET"))
         );
-        assert_eq!(attribute(&server, "url.path").unwrap().as_str(), "/work");
+        assert_eq!(attribute(&server, "url.path"), Some(&string("/work")));
         assert_eq!(
-            attribute(&server, "client.address").unwrap().as_str(),
-            "127.0.0.1"
+            attribute(&server, "client.address"),
+            Some(&string("127.0.0.1"))
         );
         assert_eq!(
             attribute(&server, "server.port"),
-            Some(&opentelemetry::Value::I64(8000))
+            Some(&Val::IntValue(8000))
         );
-        assert_eq!(server.status, Status::Unset);
-        assert_eq!(queue.parent_span_id, server.span_context.span_id());
+        assert_eq!(server.status, Some(v1::Status::default()));
+        assert!(server.parent_span_id.is_empty());
+        assert_eq!(queue.parent_span_id, server.span_id);
+        assert_eq!(processing.parent_span_id, server.span_id);
+        assert_eq!(processing.trace_id, server.trace_id);
+        assert_ne!(queue.span_id, processing.span_id);
+        assert_eq!(queue.end_time_unix_nano - queue.start_time_unix_nano, 500);
+        assert_eq!(processing.start_time_unix_nano, queue.end_time_unix_nano);
         assert_eq!(
-            processing.span_context.trace_id(),
-            server.span_context.trace_id()
-        );
-        let queued = queue.end_time.duration_since(queue.start_time).unwrap();
-        assert_eq!(queued.as_nanos(), 500);
-        assert_eq!(
-            server
-                .end_time
-                .duration_since(server.start_time)
-                .unwrap()
-                .as_nanos(),
+            server.end_time_unix_nano - server.start_time_unix_nano,
             8_000
         );
+        assert_eq!(server.flags, 0x101);
     }
 
     #[test]
@@ -291,12 +410,12 @@ pub(crate) mod tests {
         let [server, ..] = spans_of(&request_to("/users/42/orders/7", 200));
         assert_eq!(server.name, "GET /users/{id}/orders/{id}");
         assert_eq!(
-            attribute(&server, "http.route").unwrap().as_str(),
-            "/users/{id}/orders/{id}"
+            attribute(&server, "http.route"),
+            Some(&string("/users/{id}/orders/{id}"))
         );
         assert_eq!(
-            attribute(&server, "url.path").unwrap().as_str(),
-            "/users/42/orders/7"
+            attribute(&server, "url.path"),
+            Some(&string("/users/42/orders/7"))
         );
         let [no_route, ..] = spans_of(&request_to("*", 200));
         assert_eq!(no_route.name, "GET");
@@ -313,9 +432,14 @@ pub(crate) mod tests {
         ];
         let [server, queue, _] = spans_of(&request);
         let strings = |values: &[&str]| {
-            opentelemetry::Value::Array(opentelemetry::Array::String(
-                values.iter().map(|v| v.to_string().into()).collect(),
-            ))
+            Val::ArrayValue(ArrayValue {
+                values: values
+                    .iter()
+                    .map(|value| AnyValue {
+                        value: Some(string(value)),
+                    })
+                    .collect(),
+            })
         };
         assert_eq!(
             attribute(&server, "http.request.header.x-tenant"),
@@ -326,8 +450,8 @@ pub(crate) mod tests {
             Some(&strings(&["curl/8"]))
         );
         assert_eq!(
-            attribute(&server, "user_agent.original").unwrap().as_str(),
-            "curl/8"
+            attribute(&server, "user_agent.original"),
+            Some(&string("curl/8"))
         );
         assert!(queue.attributes.is_empty(), "on the server span only");
     }
@@ -335,9 +459,53 @@ pub(crate) mod tests {
     #[test]
     fn server_errors_are_errors() {
         let [server, ..] = spans_of(&request(503));
-        assert!(matches!(server.status, Status::Error { .. }));
-        assert_eq!(attribute(&server, "error.type").unwrap().as_str(), "503");
+        let status = server.status.clone().expect("a status");
+        assert_eq!(status.code, StatusCode::Error as i32);
+        assert_eq!(status.message, "HTTP 503");
+        assert_eq!(attribute(&server, "error.type"), Some(&string("503")));
         let [client_error, ..] = spans_of(&request(404));
-        assert_eq!(client_error.status, Status::Unset);
+        assert_eq!(client_error.status, Some(v1::Status::default()));
+        assert_eq!(attribute(&client_error, "error.type"), None);
+    }
+
+    #[test]
+    fn metric_attributes_are_the_span_s_first() {
+        let request = request(503);
+        let metric = metric_attributes(&request);
+        let [server, ..] = spans_of(&request);
+        let keys: Vec<&str> = metric.iter().map(|kv| kv.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "http.request.method",
+                "http.response.status_code",
+                "url.scheme",
+                "network.protocol.name",
+                "network.protocol.version",
+                "server.port",
+                "error.type",
+            ]
+        );
+        for (kv, span_kv) in metric.into_iter().zip(&server.attributes) {
+            assert_eq!(kv.key.as_str(), span_kv.key);
+            let value = span_kv.value.clone().and_then(|value| value.value);
+            assert_eq!(Some(AnyValue::from(kv.value).value.unwrap()), value);
+        }
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        let addresses = [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.100.9",
+            "192.168.1.20",
+            "2001:db8::1",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        ];
+        for text in addresses {
+            let address: IpAddr = text.parse().unwrap();
+            assert_eq!(StackText::<46>::address(address).as_str(), text);
+        }
     }
 }
