@@ -4,6 +4,7 @@
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
     fs,
+    io::{BufRead as _, BufReader},
 };
 
 /// `pid` and every process below it.
@@ -73,12 +74,34 @@ pub fn listening_ports(pids: &BTreeSet<u32>) -> BTreeSet<u16> {
     let mut ports = BTreeSet::new();
     for pid in namespaces.into_values() {
         for table in ["tcp", "tcp6"] {
-            if let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{table}")) {
-                ports.extend(listening_in_table(&text, &inodes));
-            }
+            let listeners = listeners_in(&format!("/proc/{pid}/net/{table}"));
+            ports.extend(listening_in_table(&listeners, &inodes));
         }
     }
     ports
+}
+
+/// The LISTEN lines of a `/proc/net/tcp` table (its header first). The
+/// kernel lists the listening sockets before all others, so the read stops
+/// at the first other one: a busy host's table holds tens of thousands of
+/// connections (TIME_WAIT included) that would cost milliseconds to list.
+fn listeners_in(path: &str) -> String {
+    let mut text = String::new();
+    let Ok(file) = fs::File::open(path) else {
+        return text;
+    };
+    for (index, line) in BufReader::new(file)
+        .lines()
+        .map_while(Result::ok)
+        .enumerate()
+    {
+        if index > 0 && line.split_whitespace().nth(3) != Some(LISTEN) {
+            break;
+        }
+        text.push_str(&line);
+        text.push('\n');
+    }
+    text
 }
 
 /// The inodes of the sockets among `pid`'s open files.
@@ -104,10 +127,12 @@ fn listening_in_table(text: &str, inodes: &HashSet<u64>) -> Vec<u16> {
         .collect()
 }
 
+/// The LISTEN state in `/proc/net/tcp`.
+const LISTEN: &str = "0A";
+
 /// Parses `/proc/net/tcp` lines (`sl local rem st ... uid timeout inode`)
 /// into the inode and local port of each socket in LISTEN state.
 fn listening_sockets(text: &str) -> impl Iterator<Item = (u64, u16)> + '_ {
-    const LISTEN: &str = "0A";
     text.lines().skip(1).filter_map(|line| {
         let fields: Vec<&str> = line.split_whitespace().collect();
         let (local, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
@@ -124,9 +149,8 @@ fn listening_sockets(text: &str) -> impl Iterator<Item = (u64, u16)> + '_ {
 pub fn listeners_on(ports: &BTreeSet<u16>) -> HashMap<u32, BTreeSet<u16>> {
     let mut wanted = HashMap::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        if let Ok(text) = fs::read_to_string(table) {
-            wanted.extend(listening_sockets(&text).filter(|(_, port)| ports.contains(port)));
-        }
+        let text = listeners_in(table);
+        wanted.extend(listening_sockets(&text).filter(|(_, port)| ports.contains(port)));
     }
     let mut listeners: HashMap<u32, BTreeSet<u16>> = HashMap::new();
     if wanted.is_empty() {
@@ -153,6 +177,14 @@ mod tests {
         assert!(tree_of(&[me]).contains(&me));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
+        // A connection lists after the listeners: the read stops before it.
+        let _connection = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let text = listeners_in("/proc/net/tcp");
+        assert!(
+            text.lines()
+                .skip(1)
+                .all(|line| line.split_whitespace().nth(3) == Some(LISTEN))
+        );
         assert!(listening_ports(&BTreeSet::from([me])).contains(&port));
         let listeners = listeners_on(&BTreeSet::from([port]));
         assert_eq!(listeners.get(&me), Some(&BTreeSet::from([port])));
