@@ -2,7 +2,7 @@
 //! sends their values alone (never the rest of the head). The kernel copies
 //! the first `min(bytes read, SCAN_LEN)` bytes of a read that starts a
 //! request, or continues its head, to a per-CPU scratch buffer and drives
-//! [`HeaderMatch::step`] from a `bpf_loop` callback; the host tests drive
+//! [`MatchState::step`] from a `bpf_loop` callback; the host tests drive
 //! the same steps with a plain loop.
 //!
 //! A header matches at the start of a line (after `\n`): its name in any
@@ -154,10 +154,13 @@ enum Mode {
 
 const NONE: usize = usize::MAX;
 
-/// The scan of one read's bytes, between steps.
-pub struct HeaderMatch<'a> {
-    words: &'a [u64; SCAN_WORDS],
-    names: &'a CaptureNames,
+/// The scan of one read's bytes, between steps. Plain numbers only, no
+/// references: the kernel keeps it in its per-CPU scratch map, where the
+/// verifier sees every field as unknown at each step. Kept on the stack,
+/// its fields would be constants the verifier tracks from step to step, and
+/// a loop that converges in two passes would take one per position.
+#[derive(Clone, Copy, Debug)]
+pub struct MatchState {
     /// Bytes scanned.
     len: usize,
     /// The read goes on past them (a head over [`SCAN_LEN`]).
@@ -173,20 +176,13 @@ pub struct HeaderMatch<'a> {
     missed: bool,
 }
 
-impl<'a> HeaderMatch<'a> {
-    /// A scan of the first `min(moved, SCAN_LEN)` bytes of `words`, the
-    /// start of a read of `moved` bytes. A read that starts a request
-    /// starts in its request line; one that continues a head starts at a
-    /// line start when the read before ended one ([`Self::ends_at_line_start`]).
-    pub fn new(
-        words: &'a [u64; SCAN_WORDS],
-        names: &'a CaptureNames,
-        moved: usize,
-        at_line_start: bool,
-    ) -> Self {
+impl MatchState {
+    /// A scan of the first `min(moved, SCAN_LEN)` bytes of a read of
+    /// `moved` bytes. A read that starts a request starts in its request
+    /// line; one that continues a head starts at a line start when the read
+    /// before ended one ([`Self::ends_at_line_start`]).
+    pub fn new(moved: usize, at_line_start: bool) -> Self {
         Self {
-            words,
-            names,
             len: if moved < SCAN_LEN { moved } else { SCAN_LEN },
             more: moved > SCAN_LEN,
             pos: 0,
@@ -214,19 +210,19 @@ impl<'a> HeaderMatch<'a> {
         self.missed
     }
 
-    /// One step; the caller goes on while it returns `Next` or `Found`, up
-    /// to [`SCAN_STEPS`] steps.
+    /// One step over `words`, the read's first bytes; the caller goes on
+    /// while it returns `Next` or `Found`, up to [`SCAN_STEPS`] steps.
     #[inline(always)]
-    pub fn step(&mut self) -> Step {
+    pub fn step(&mut self, words: &[u64; SCAN_WORDS], names: &CaptureNames) -> Step {
         match self.mode {
-            Mode::Seek => self.seek(),
-            Mode::Line => self.line(),
-            Mode::Value => self.value(),
+            Mode::Seek => self.seek(words),
+            Mode::Line => self.line(words, names),
+            Mode::Value => self.value(words),
         }
     }
 
     #[inline(always)]
-    fn seek(&mut self) -> Step {
+    fn seek(&mut self, words: &[u64; SCAN_WORDS]) -> Step {
         let (pos, len) = (self.pos, self.len);
         if pos >= len {
             // In a line that goes on past the bytes scanned.
@@ -234,7 +230,7 @@ impl<'a> HeaderMatch<'a> {
             return Step::Stop;
         }
         let w = pos / 8;
-        let lf = bytes_equal(word_at(self.words, w * 8), b'\n') & self.range(w, pos);
+        let lf = bytes_equal(word_at(words, w * 8), b'\n') & self.range(w, pos);
         if lf == 0 {
             self.pos = (w + 1) * 8;
         } else {
@@ -245,26 +241,26 @@ impl<'a> HeaderMatch<'a> {
     }
 
     #[inline(always)]
-    fn line(&mut self) -> Step {
+    fn line(&mut self, words: &[u64; SCAN_WORDS], names: &CaptureNames) -> Step {
         let (at, len) = (self.pos, self.len);
         if at >= len {
             self.ends_at_line_start = !self.more;
             self.missed |= self.more;
             return Step::Stop;
         }
-        let first = word_at(self.words, at) as u8;
+        let first = word_at(words, at) as u8;
         if first == b'\r' || first == b'\n' {
             // The blank line: the head ends.
             return Step::Stop;
         }
         self.mode = Mode::Seek;
         let available = len - at;
-        let count = self.names.count as usize;
+        let count = names.count as usize;
         let mut i = 0;
         while i < MAX_NAMES && i < count {
-            let pattern = &self.names.names[i];
+            let pattern = &names.names[i];
             let pattern_len = pattern.len as usize;
-            if matches(self.words, at, available, pattern) {
+            if matches(words, at, available, pattern) {
                 if pattern_len > available {
                     // Cut by the end of the bytes: the name may go on.
                     self.missed = true;
@@ -285,14 +281,14 @@ impl<'a> HeaderMatch<'a> {
     }
 
     #[inline(always)]
-    fn value(&mut self) -> Step {
+    fn value(&mut self, words: &[u64; SCAN_WORDS]) -> Step {
         let (pos, len) = (self.pos, self.len);
         if pos >= len {
             self.mode = Mode::Seek;
             return self.found(true);
         }
         let w = pos / 8;
-        let word = word_at(self.words, w * 8);
+        let word = word_at(words, w * 8);
         let range = self.range(w, pos);
         let eol = (bytes_equal(word, b'\r') | bytes_equal(word, b'\n')) & range;
         let before_eol = if eol == 0 {
@@ -343,6 +339,15 @@ impl<'a> HeaderMatch<'a> {
     fn range(&self, w: usize, pos: usize) -> u64 {
         HIGH & bytes_below(w, self.len) & (u64::MAX << (8 * (pos % 8)))
     }
+}
+
+/// The `len` bytes from `start` of `words`, as the words of a value record:
+/// bytes past them zero, so nothing but the value leaves the scratch buffer.
+/// Word by word, with masks: a copy of variable length through a helper
+/// would make the verifier track the length's every origin.
+#[inline(always)]
+pub fn value_word(words: &[u64; SCAN_WORDS], found: &Found, k: usize) -> u64 {
+    word_at(words, found.start + 8 * k) & bytes_below(k, found.len)
 }
 
 /// Whether the bytes at `at` (`available` of them are valid) are the

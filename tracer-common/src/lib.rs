@@ -423,6 +423,9 @@ const _: () = {
     assert!(CAPTURE_LEN.is_power_of_two());
     // The kernel scans the payload a u64 word at a time.
     assert!(core::mem::offset_of!(DataEvent, payload) % 8 == 0);
+    // And a header value a word at a time.
+    assert!(core::mem::offset_of!(HeaderEvent, value) % 8 == 0);
+    assert!(header_capture::VALUE_LEN.is_multiple_of(8));
     assert!(CAPTURE_LEN.is_multiple_of(8));
 };
 

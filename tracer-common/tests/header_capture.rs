@@ -5,8 +5,8 @@
 //! loop's bound.
 use proptest::{collection::vec, prelude::*, sample::select};
 use tracer_common::header_capture::{
-    CaptureNames, Found, HeaderMatch, MAX_NAMES, MAX_VALUES_PER_READ, SCAN_LEN, SCAN_STEPS,
-    SCAN_WORDS, Step, VALUE_LEN, is_header_name,
+    CaptureNames, Found, MAX_NAMES, MatchState, MAX_VALUES_PER_READ, SCAN_LEN, SCAN_STEPS,
+    SCAN_WORDS, Step, VALUE_LEN, is_header_name, value_word,
 };
 
 /// One value as the daemon gets it: name index, bytes, truncated.
@@ -34,21 +34,27 @@ fn kernel(read: &[u8], stale: &[u8], names: &[&str], at_line_start: bool) -> Out
     for (word, bytes) in words.iter_mut().zip(scratch.chunks_exact(8)) {
         *word = u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
     }
-    let mut scan = HeaderMatch::new(&words, &capture, read.len(), at_line_start);
+    let mut scan = MatchState::new(read.len(), at_line_start);
     let mut values = Vec::new();
     let mut stopped = false;
     // As bpf_loop: until a step stops, at most SCAN_STEPS.
     for _ in 0..SCAN_STEPS {
-        match scan.step() {
+        match scan.step(&words, &capture) {
             Step::Next => {}
-            Step::Found(Found {
-                name,
-                start,
-                len,
-                truncated,
-            }) => {
+            Step::Found(found) => {
+                let Found {
+                    name,
+                    start,
+                    len,
+                    truncated,
+                } = found;
                 assert!(len <= VALUE_LEN && start + len <= copied, "{start}+{len}");
-                values.push((name, scratch[start..start + len].to_vec(), truncated));
+                // The record's words, as the kernel fills them.
+                let record: Vec<u8> = (0..VALUE_LEN / 8)
+                    .flat_map(|k| value_word(&words, &found, k).to_le_bytes())
+                    .collect();
+                assert!(record[len..].iter().all(|&byte| byte == 0));
+                values.push((name, record[..len].to_vec(), truncated));
             }
             Step::Stop => {
                 stopped = true;

@@ -10,6 +10,7 @@ use std::{
 use clap::{Parser, Subcommand};
 
 use crate::{
+    capture::{CaptureHeaderError, CaptureHeaders, HeaderName},
     discovery::{
         config_file::{self, ConfigFileError},
         resource::ResourceBase,
@@ -97,6 +98,16 @@ pub struct Args {
     /// Keep query strings in `url.path` (they may hold secrets: off by default).
     #[arg(long, env = "TRACER_KEEP_QUERY_STRING")]
     pub keep_query_string: bool,
+    /// Request header whose value goes on the span as
+    /// `http.request.header.<name>` (repeatable, at most 8, for every
+    /// service); nothing else of the head leaves the kernel [default: none].
+    #[arg(
+        long = "capture-header",
+        value_name = "NAME",
+        env = "TRACER_CAPTURE_HEADER",
+        value_delimiter = ','
+    )]
+    pub capture_headers: Vec<HeaderName>,
     /// Kernel hook set: auto picks the cheapest this kernel accepts
     /// (fentry, then tracepoints, then kprobes).
     #[arg(long, env = "TRACER_PROBES", value_enum, default_value = "auto")]
@@ -170,6 +181,8 @@ pub struct Config {
     pub services: Vec<ServiceSpec>,
     pub resource_base: ResourceBase,
     pub probes: ProbeChoice,
+    /// Request headers to capture, for every service.
+    pub capture_headers: CaptureHeaders,
     pub export: ExportConfig,
     pub stats_interval: Duration,
     /// Where the Prometheus endpoint listens; `None`: no endpoint.
@@ -182,6 +195,8 @@ pub enum ConfigError {
     Setting(#[from] InvalidSetting),
     #[error(transparent)]
     File(#[from] ConfigFileError),
+    #[error(transparent)]
+    CaptureHeaders(#[from] CaptureHeaderError),
     #[error(
         "nothing to trace: give --pid, --port, --exe, --cgroup, --systemd-unit or --config (see --help)"
     )]
@@ -221,9 +236,13 @@ impl Args {
         };
         let otel = otel_env::resolve(&flags, &lookup)?;
         let mut services: Vec<ServiceSpec> = self.flag_service().into_iter().collect();
+        let mut capture_headers = std::mem::take(&mut self.capture_headers);
         if let Some(path) = &self.config {
-            services.extend(config_file::load(path)?);
+            let file = config_file::load(path)?;
+            services.extend(file.services);
+            capture_headers.extend(file.capture_headers);
         }
+        let capture_headers = CaptureHeaders::new(capture_headers)?;
         if services.is_empty() {
             return Err(ConfigError::NothingToTrace);
         }
@@ -257,6 +276,7 @@ impl Args {
             services,
             resource_base,
             probes: self.probes,
+            capture_headers,
             export: ExportConfig {
                 otlp: otel.otlp,
                 sampler: otel.sampler,

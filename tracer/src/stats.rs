@@ -62,11 +62,21 @@ pub enum DropReason {
     /// A request of a process the daemon could not place in a service (its
     /// selection was lost with a full ring buffer, or it exited long ago).
     Unattributed,
+    /// A read where a `--capture-header` header may have been missed: it
+    /// ended inside a line that begins like one, its head went on past the
+    /// 8 KiB scanned, or it held more values than one read may send.
+    HeaderMissed,
+    /// A captured header value given to no request (its read's record was
+    /// lost); the values of a request dropped for another reason go with it.
+    HeaderValueLost,
+    /// A captured header value cut at 128 bytes or by the end of the bytes
+    /// scanned: sent, but not whole.
+    HeaderValueTruncated,
 }
 
 impl DropReason {
     /// Every reason, in the order they are exported and logged.
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 17] = [
         Self::RingBufferFull,
         Self::CaptureFailed,
         Self::ConnectionTableFull,
@@ -81,6 +91,9 @@ impl DropReason {
         Self::ExportQueueFull,
         Self::ExportDropped,
         Self::Unattributed,
+        Self::HeaderMissed,
+        Self::HeaderValueLost,
+        Self::HeaderValueTruncated,
     ];
 
     /// The exported `reason` attribute value.
@@ -100,6 +113,9 @@ impl DropReason {
             Self::ExportQueueFull => "export_queue_full",
             Self::ExportDropped => "export_dropped",
             Self::Unattributed => "unattributed_request",
+            Self::HeaderMissed => "header_missed",
+            Self::HeaderValueLost => "header_value_lost",
+            Self::HeaderValueTruncated => "header_value_truncated",
         }
     }
 
@@ -120,7 +136,10 @@ impl DropReason {
             | Self::TaskTableFull
             | Self::BadRecord
             | Self::UnparseableResponse
-            | Self::ResponseWithoutRequest => false,
+            | Self::ResponseWithoutRequest
+            | Self::HeaderMissed
+            | Self::HeaderValueLost
+            | Self::HeaderValueTruncated => false,
         }
     }
 }
@@ -186,6 +205,8 @@ pub struct Stats {
     responses_without_request: AtomicU64,
     requests_without_response: AtomicU64,
     requests_lost_to_gaps: AtomicU64,
+    header_values_lost: AtomicU64,
+    header_values_truncated: AtomicU64,
     overflows: [AtomicU64; Overflow::ALL.len()],
 }
 
@@ -207,6 +228,10 @@ impl Stats {
             .store(counters.requests_without_response, Relaxed);
         self.requests_lost_to_gaps
             .store(counters.requests_lost_to_gaps, Relaxed);
+        self.header_values_lost
+            .store(counters.header_values_lost, Relaxed);
+        self.header_values_truncated
+            .store(counters.header_values_truncated, Relaxed);
     }
 
     /// Every loss counter with its reason, as exported and logged.
@@ -233,6 +258,9 @@ impl Stats {
             DropReason::ExportQueueFull => self.queue_full.load(Relaxed),
             DropReason::ExportDropped => self.export_dropped.load(Relaxed),
             DropReason::Unattributed => self.unattributed.load(Relaxed),
+            DropReason::HeaderMissed => kernel(KernelCounter::HeaderMissed),
+            DropReason::HeaderValueLost => self.header_values_lost.load(Relaxed),
+            DropReason::HeaderValueTruncated => self.header_values_truncated.load(Relaxed),
         }
     }
 

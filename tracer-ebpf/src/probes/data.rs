@@ -29,7 +29,10 @@ use tracer_common::{
 use crate::{
     config::config,
     maps::{CONNECTIONS, EVENTS, count, current_task, is_traced, wakeup_flags},
-    probes::connection::{emit_conn_event, field},
+    probes::{
+        connection::{emit_conn_event, field},
+        headers,
+    },
 };
 
 /// `sock:sock_recv_length` / `sock_send_length`, raw. Arguments
@@ -92,6 +95,15 @@ fn try_on_socket_io(
     if state.is_http == 0 {
         state.is_http = 1;
         emit_conn_event(EventKind::ConnOpen, tgid, sock, state);
+    }
+    if direction == DIRECTION_RECV
+        && headers::enabled()
+        && let Some(buffer) = buffer
+    {
+        let at_line_start = continues_headers && state.recv_line_start != 0;
+        let ends_at_line_start =
+            headers::capture(sock, tgid, state.next_seq, buffer, moved, at_line_start);
+        state.recv_line_start = ends_at_line_start as u8;
     }
     let seq = next_seq(state);
     let next_phase = match emit_data(sock, tgid, tid, direction, moved, seq, buffer) {
@@ -280,8 +292,9 @@ fn keep_header_block(payload: &mut [u8; CAPTURE_LEN], len: usize) -> Option<usiz
     })
 }
 
-const LOOP_CONTINUE: i64 = 0;
-const LOOP_STOP: i64 = 1;
+/// What a `bpf_loop` callback returns: go on, or stop the loop.
+pub const LOOP_CONTINUE: i64 = 0;
+pub const LOOP_STOP: i64 = 1;
 
 /// The `bpf_loop` callback: step `w` of the scan.
 extern "C" fn scan_word(w: u64, context: *mut c_void) -> i64 {
