@@ -186,7 +186,11 @@ impl MatchState {
             len: if moved < SCAN_LEN { moved } else { SCAN_LEN },
             more: moved > SCAN_LEN,
             pos: 0,
-            mode: if at_line_start { Mode::Line } else { Mode::Seek },
+            mode: if at_line_start {
+                Mode::Line
+            } else {
+                Mode::Seek
+            },
             name: 0,
             first: NONE,
             last: 0,

@@ -5,7 +5,7 @@
 //! loop's bound.
 use proptest::{collection::vec, prelude::*, sample::select};
 use tracer_common::header_capture::{
-    CaptureNames, Found, MAX_NAMES, MatchState, MAX_VALUES_PER_READ, SCAN_LEN, SCAN_STEPS,
+    CaptureNames, Found, MAX_NAMES, MAX_VALUES_PER_READ, MatchState, SCAN_LEN, SCAN_STEPS,
     SCAN_WORDS, Step, VALUE_LEN, is_header_name, value_word,
 };
 
@@ -120,7 +120,10 @@ fn reference(read: &[u8], names: &[&str], at_line_start: bool) -> Outcome {
             }
             let raw = &bytes[start + pattern.len()..end];
             let from = raw.iter().position(|&b| !is_blank(b)).unwrap_or(raw.len());
-            let to = raw.iter().rposition(|&b| !is_blank(b)).map_or(from, |at| at + 1);
+            let to = raw
+                .iter()
+                .rposition(|&b| !is_blank(b))
+                .map_or(from, |at| at + 1);
             let value = &raw[from..to];
             let truncated = value.len() > VALUE_LEN || end == bytes.len();
             let sent = value[..value.len().min(VALUE_LEN)].to_vec();
@@ -193,10 +196,7 @@ fn a_name_that_is_a_prefix_of_another_matches_only_itself() {
         texts(&scan(head, &["x-a", "x-ab"])),
         [(1, "long".into(), false), (0, "short".into(), false)]
     );
-    assert_eq!(
-        texts(&scan(head, &["x-ab"])),
-        [(0, "long".into(), false)]
-    );
+    assert_eq!(texts(&scan(head, &["x-ab"])), [(0, "long".into(), false)]);
 }
 
 #[test]
@@ -224,7 +224,10 @@ fn nothing_matches_inside_a_value_the_request_line_or_the_body() {
 #[test]
 fn long_values_are_cut_and_flagged() {
     let long = "v".repeat(VALUE_LEN + 1);
-    let head = format!("GET / HTTP/1.1\r\nX-A: {long}\r\nX-A: {}   \r\n\r\n", &long[1..]);
+    let head = format!(
+        "GET / HTTP/1.1\r\nX-A: {long}\r\nX-A: {}   \r\n\r\n",
+        &long[1..]
+    );
     let outcome = scan(head.as_bytes(), &["x-a"]);
     assert_eq!(
         texts(&outcome),

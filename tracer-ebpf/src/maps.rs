@@ -4,9 +4,9 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    ConnState,
-    header_capture::{MatchState, SCAN_WORDS}, KERNEL_COUNTERS, KernelCounter, MAX_CONNECTIONS, MAX_LISTEN_PORTS, MAX_TRACED_TASKS,
+    ConnState, KERNEL_COUNTERS, KernelCounter, MAX_CONNECTIONS, MAX_LISTEN_PORTS, MAX_TRACED_TASKS,
     MAX_WATCHED_PORTS, RING_BUFFER_BYTES,
+    header_capture::{MatchState, SCAN_WORDS},
 };
 
 /// Tasks (process and thread ids) being traced: the daemon seeds it with the

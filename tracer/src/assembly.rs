@@ -199,9 +199,10 @@ impl Assembler {
             self.counters.header_values_lost += 1;
             return;
         };
-        let connection = self.connections.entry(header.sock).or_insert_with(|| {
-            Connection::new(header.tgid, None, None, header.timestamp_ns)
-        });
+        let connection = self
+            .connections
+            .entry(header.sock)
+            .or_insert_with(|| Connection::new(header.tgid, None, None, header.timestamp_ns));
         if connection.pending_headers.len() >= MAX_HEADER_VALUES {
             self.counters.header_values_lost += 1;
             return;
@@ -545,7 +546,8 @@ mod tests {
     /// A feed capturing `x-tenant` (index 0) and `user-agent` (1).
     fn capturing() -> Feed {
         let mut feed = Feed::new(false);
-        feed.assembler = Assembler::new(false).capturing(vec!["x-tenant".into(), "user-agent".into()]);
+        feed.assembler =
+            Assembler::new(false).capturing(vec!["x-tenant".into(), "user-agent".into()]);
         feed
     }
 
@@ -860,7 +862,13 @@ mod tests {
         header(&mut assembler, 0, "acme", false);
         header(&mut assembler, 1, "curl/8", false);
         header(&mut assembler, 0, "again", false);
-        io(&mut assembler, Direction::Recv, 1, &head, tracer_common::CAPTURE_LEN);
+        io(
+            &mut assembler,
+            Direction::Recv,
+            1,
+            &head,
+            tracer_common::CAPTURE_LEN,
+        );
         let mut done = response_head(&mut assembler, 2, OK);
         // The next request on the connection has none.
         request(&mut assembler, 3, b"GET /b HTTP/1.1\r\n\r\n");
@@ -868,7 +876,11 @@ mod tests {
         assert_eq!(
             captured(&done),
             [
-                vec![("x-tenant", "acme"), ("user-agent", "curl/8"), ("x-tenant", "again")],
+                vec![
+                    ("x-tenant", "acme"),
+                    ("user-agent", "curl/8"),
+                    ("x-tenant", "again")
+                ],
                 vec![]
             ]
         );
@@ -884,7 +896,10 @@ mod tests {
         header(&mut assembler, 1, "curl", true);
         request(&mut assembler, 2, b"User-Agent: curl\r\n\r\n");
         let done = response_head(&mut assembler, 3, OK);
-        assert_eq!(captured(&done), [vec![("x-tenant", "acme"), ("user-agent", "curl")]]);
+        assert_eq!(
+            captured(&done),
+            [vec![("x-tenant", "acme"), ("user-agent", "curl")]]
+        );
         assert_eq!(assembler.counters.header_values_truncated, 1);
     }
 

@@ -60,8 +60,7 @@ impl CaptureHeaders {
             }
         }
         let bytes: Vec<&[u8]> = unique.iter().map(|name| name.as_bytes()).collect();
-        let kernel =
-            CaptureNames::new(&bytes).ok_or(CaptureHeaderError::TooMany(unique.len()))?;
+        let kernel = CaptureNames::new(&bytes).ok_or(CaptureHeaderError::TooMany(unique.len()))?;
         Ok(Self {
             names: unique,
             kernel,

@@ -418,6 +418,56 @@ mod tests {
     }
 
     #[test]
+    fn capture_headers_are_checked_and_merged_with_the_config_file() {
+        let names = |args: &[&str]| {
+            parse(&[&["--pid", "1"], args].concat())
+                .map_err(|err| err.to_string())
+                .and_then(|args| args.into_config().map_err(|err| err.to_string()))
+                .map(|config| config.capture_headers.names().to_vec())
+        };
+        assert_eq!(names(&[]).unwrap(), Vec::<String>::new());
+        assert_eq!(
+            names(&[
+                "--capture-header",
+                "X-Tenant",
+                "--capture-header",
+                "User-Agent"
+            ])
+            .unwrap(),
+            ["x-tenant", "user-agent"]
+        );
+        let bad = names(&["--capture-header", "x tenant"]).unwrap_err();
+        assert!(
+            bad.contains("--capture-header") && bad.contains("invalid header name"),
+            "{bad}"
+        );
+        let too_many: Vec<String> = (0..9).map(|i| format!("--capture-header=x-{i}")).collect();
+        let too_many: Vec<&str> = too_many.iter().map(String::as_str).collect();
+        let error = names(&too_many).unwrap_err();
+        assert!(
+            error.contains("--capture-header") && error.contains("at most 8"),
+            "{error}"
+        );
+
+        let dir = std::env::temp_dir().join(format!("tracer-cli-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("services.yaml");
+        std::fs::write(
+            &file,
+            "capture_headers: [x-b, X-A]\nservices:\n  - port: 80\n",
+        )
+        .unwrap();
+        let file = file.to_str().unwrap();
+        let merged = names(&["--capture-header", "x-a", "--config", file]);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            merged.unwrap(),
+            ["x-a", "x-b"],
+            "flags first, each name once"
+        );
+    }
+
+    #[test]
     fn intervals_flag_over_variable_over_default() {
         let interval = [("OTEL_METRIC_EXPORT_INTERVAL", "250")];
         let from_env = config(&["--pid", "1"], &interval).expect("valid");

@@ -100,10 +100,7 @@ fn try_on_socket_io(
         && headers::enabled()
         && let Some(buffer) = buffer
     {
-        let at_line_start = continues_headers && state.recv_line_start != 0;
-        let ends_at_line_start =
-            headers::capture(sock, tgid, state.next_seq, buffer, moved, at_line_start);
-        state.recv_line_start = ends_at_line_start as u8;
+        headers::capture(state, sock, tgid, buffer, moved);
     }
     let seq = next_seq(state);
     let next_phase = match emit_data(sock, tgid, tid, direction, moved, seq, buffer) {

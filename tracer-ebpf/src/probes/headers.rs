@@ -8,8 +8,10 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::{bpf_loop, bpf_probe_read_user_buf};
 use tracer_common::{
-    EventKind, HEADER_TRUNCATED, HeaderEvent, KernelCounter,
-    header_capture::{Found, MatchState, SCAN_LEN, SCAN_STEPS, SCAN_WORDS, Step, VALUE_LEN, value_word},
+    ConnState, EventKind, HEADER_TRUNCATED, HeaderEvent, KernelCounter, PHASE_HEADERS,
+    header_capture::{
+        Found, MatchState, SCAN_LEN, SCAN_STEPS, SCAN_WORDS, Step, VALUE_LEN, value_word,
+    },
 };
 
 use crate::{
@@ -33,19 +35,20 @@ struct Capture {
     seq: u32,
 }
 
-/// Sends the named headers of the read of `moved` bytes at `buffer`, as
-/// found in the read whose data record will be `seq`; says whether the
-/// read ended at a line start (so that the next read of the same head
-/// starts a line).
+/// Sends the named headers of the read of `moved` bytes at `buffer` on
+/// connection `sock`, tagged with the number its data record will get, and
+/// notes in `state` whether the read ended at a line start (so that the
+/// next read of the same head starts a line). A function of its own (a BPF
+/// subprogram), so that the data path's code around the call stays as it
+/// was: its registers, and so the verifier's work on it.
+#[inline(never)]
+pub fn capture(state: &mut ConnState, sock: u64, tgid: u32, buffer: u64, moved: u32) {
+    let at_line_start = state.recv_phase == PHASE_HEADERS && state.recv_line_start != 0;
+    state.recv_line_start = scan(sock, tgid, state.next_seq, buffer, moved, at_line_start) as u8;
+}
+
 #[inline(always)]
-pub fn capture(
-    sock: u64,
-    tgid: u32,
-    seq: u32,
-    buffer: u64,
-    moved: u32,
-    at_line_start: bool,
-) -> bool {
+fn scan(sock: u64, tgid: u32, seq: u32, buffer: u64, moved: u32, at_line_start: bool) -> bool {
     let Some(scratch) = HEADER_SCRATCH.get_ptr_mut(0) else {
         return false;
     };

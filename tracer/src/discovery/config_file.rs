@@ -111,7 +111,11 @@ fn parse(text: &str) -> Result<ConfigFile, ParseError> {
     }
     Ok(ConfigFile {
         services,
-        capture_headers: file.capture_headers.into_iter().map(|name| name.0).collect(),
+        capture_headers: file
+            .capture_headers
+            .into_iter()
+            .map(|name| name.0)
+            .collect(),
     })
 }
 
