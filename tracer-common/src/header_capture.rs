@@ -172,6 +172,7 @@ pub struct MatchState {
     first: usize,
     last: usize,
     values: usize,
+    head_open: bool,
     ends_at_line_start: bool,
     missed: bool,
 }
@@ -195,9 +196,16 @@ impl MatchState {
             first: NONE,
             last: 0,
             values: 0,
+            head_open: false,
             ends_at_line_start: false,
             missed: false,
         }
+    }
+
+    /// The scan ran to the end of the bytes without the head's blank line:
+    /// the head goes on in the bytes after them.
+    pub fn head_open(&self) -> bool {
+        self.head_open
     }
 
     /// The scan stopped at a line start at the end of the read, its head
@@ -230,6 +238,7 @@ impl MatchState {
         let (pos, len) = (self.pos, self.len);
         if pos >= len {
             // In a line that goes on past the bytes scanned.
+            self.head_open = true;
             self.missed |= self.more;
             return Step::Stop;
         }
@@ -248,6 +257,7 @@ impl MatchState {
     fn line(&mut self, words: &[u64; SCAN_WORDS], names: &CaptureNames) -> Step {
         let (at, len) = (self.pos, self.len);
         if at >= len {
+            self.head_open = true;
             self.ends_at_line_start = !self.more;
             self.missed |= self.more;
             return Step::Stop;

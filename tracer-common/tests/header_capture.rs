@@ -16,6 +16,7 @@ type Value = (usize, Vec<u8>, bool);
 struct Outcome {
     values: Vec<Value>,
     missed: bool,
+    head_open: bool,
     ends_at_line_start: bool,
 }
 
@@ -66,6 +67,7 @@ fn kernel(read: &[u8], stale: &[u8], names: &[&str], at_line_start: bool) -> Out
     Outcome {
         values,
         missed: scan.missed(),
+        head_open: scan.head_open(),
         ends_at_line_start: scan.ends_at_line_start(),
     }
 }
@@ -81,6 +83,7 @@ fn reference(read: &[u8], names: &[&str], at_line_start: bool) -> Outcome {
     let mut outcome = Outcome {
         values: Vec::new(),
         missed: false,
+        head_open: false,
         ends_at_line_start: false,
     };
     let after_lf = |from: usize| {
@@ -92,6 +95,7 @@ fn reference(read: &[u8], names: &[&str], at_line_start: bool) -> Outcome {
     let mut line = if at_line_start { Some(0) } else { after_lf(0) };
     while let Some(start) = line {
         if start == bytes.len() {
+            outcome.head_open = true;
             outcome.ends_at_line_start = !more;
             outcome.missed |= more;
             return outcome;
@@ -132,6 +136,8 @@ fn reference(read: &[u8], names: &[&str], at_line_start: bool) -> Outcome {
         }
         line = after_lf(start);
     }
+    // In a line that runs to the end of the bytes.
+    outcome.head_open = true;
     outcome.missed |= more;
     outcome
 }
@@ -271,6 +277,7 @@ fn a_head_split_over_reads() {
     assert!(first.ends_at_line_start && !first.missed);
     let second = kernel(b"X-Tenant: acme\r\n\r\n", b"", &names, true);
     assert_eq!(texts(&second), [(1, "acme".into(), false)]);
+    assert!(first.head_open && !second.head_open);
 
     // Split inside a name: missed, and counted.
     let first = kernel(b"GET / HTTP/1.1\r\nX-Ten", b"", &names, false);

@@ -10,7 +10,10 @@ use std::{
     time::Duration,
 };
 
-use harness::{app::WorkerClass, sink::ReceivedSpan};
+use harness::{
+    app::WorkerClass,
+    sink::{ReceivedSpan, Sink},
+};
 use serde_json::{Value, json};
 
 use crate::support::*;
@@ -92,49 +95,87 @@ fn read_by_server(server_port: u16, client_port: u16) -> bool {
     )
 }
 
-/// The `--print json` lines of `n` requests, by path.
-async fn json_lines(tracer: &mut Tracer, n: usize) -> Vec<(String, Value)> {
+/// What one run gave: the `--print json` lines by path, and the server spans.
+struct Run {
+    lines: Vec<(String, Value)>,
+    spans: Vec<ReceivedSpan>,
+    sink: Sink,
+}
+
+/// gunicorn traced as `service` by a tracer with `args` and `env`, sent
+/// each request (its head in parts, see [`send`]) on a connection of its
+/// own; returns once every request has its JSON line and its span, the
+/// tracer stopped.
+async fn run(
+    service: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    requests: Vec<Vec<Vec<u8>>>,
+) -> (Vec<u16>, Run) {
+    let app = start_app(WorkerClass::Sync, &[]).await;
+    let sink = start_sink().await;
+    let mut command = Command::new(tracer_bin());
+    command
+        .envs(env.iter().copied())
+        .args(["--pid", &app.master_pid().to_string()])
+        .args(["--service-name", service, "--print", "json"])
+        .args(["--otlp-endpoint", &format!("http://{}", sink.grpc_addr())])
+        .args(["--stats-interval", "1"])
+        .args(probe_set_override())
+        .args(args);
+    let mut tracer = Tracer::launched(command);
+    let addr = app.addr();
+    let n = requests.len();
+    let statuses = tokio::task::spawn_blocking(move || {
+        requests
+            .iter()
+            .map(|parts| send(addr, &parts.iter().map(Vec::as_slice).collect::<Vec<_>>()))
+            .collect()
+    })
+    .await
+    .expect("client");
     let lines = read_lines(tracer.take_stdout().expect("stdout is piped"), n).await;
     assert_eq!(lines.len(), n, "{lines:?}");
     assert!(
         lines.iter().all(|line| !line.contains(SECRET)),
         "an unnamed header left the kernel: {lines:?}"
     );
-    lines
+    let lines = lines
         .iter()
         .map(|line| {
             let value: Value = serde_json::from_str(line).expect("a JSON line");
             (value["path"].as_str().expect("a path").to_owned(), value)
         })
-        .collect()
-}
-
-fn line<'a>(lines: &'a [(String, Value)], path: &str) -> &'a Value {
-    &lines
-        .iter()
-        .find(|(seen, _)| seen == path)
-        .unwrap_or_else(|| panic!("no line for {path}: {lines:?}"))
-        .1
-}
-
-/// The server spans of `service`, once `n` have arrived.
-async fn spans(sink: &harness::sink::Sink, service: &str, n: usize) -> Vec<ReceivedSpan> {
+        .collect();
     assert!(
-        eventually(Duration::from_secs(20), || server_spans(sink, service)
+        eventually(Duration::from_secs(20), || server_spans(&sink, service)
             .len()
             >= n)
         .await,
         "got {} of {n} spans",
-        server_spans(sink, service).len()
+        server_spans(&sink, service).len()
     );
-    server_spans(sink, service)
+    assert_eq!(tracer.stop().code(), exit_code(Exit::Ok));
+    let spans = server_spans(&sink, service);
+    (statuses, Run { lines, spans, sink })
 }
 
-fn span<'a>(spans: &'a [ReceivedSpan], path: &str) -> &'a ReceivedSpan {
-    spans
-        .iter()
-        .find(|span| span.attributes.get("url.path").and_then(|v| v.as_str()) == Some(path))
-        .unwrap_or_else(|| panic!("no span for {path}"))
+impl Run {
+    fn line(&self, path: &str) -> &Value {
+        &self
+            .lines
+            .iter()
+            .find(|(seen, _)| seen == path)
+            .unwrap_or_else(|| panic!("no line for {path}: {:?}", self.lines))
+            .1
+    }
+
+    fn span(&self, path: &str) -> &ReceivedSpan {
+        self.spans
+            .iter()
+            .find(|span| span.attributes.get("url.path").and_then(|v| v.as_str()) == Some(path))
+            .unwrap_or_else(|| panic!("no span for {path}"))
+    }
 }
 
 /// The span's attributes that come from request headers.
@@ -146,23 +187,8 @@ fn header_attributes(span: &ReceivedSpan) -> Vec<&str> {
         .collect()
 }
 
-/// Two named headers after 6 KiB of others, one of them twice, beside one
-/// not named: the values in order, on the JSON line and the span, and
-/// nothing of the unnamed one; a request without them has none.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn named_headers_deep_in_the_head_reach_json_and_the_span() {
-    let app = start_app(WorkerClass::Sync, &[]).await;
-    let sink = start_sink().await;
-    let args = [
-        "--print",
-        "json",
-        "--capture-header",
-        "X-Tenant",
-        "--capture-header",
-        "user-agent",
-    ];
-    let mut tracer = Tracer::start_with(app.master_pid(), &sink, "headers", &args);
-    let addr = app.addr();
+/// A head with named headers after 6 KiB of others.
+fn deep_head() -> Vec<u8> {
     let deep = head(
         "/light",
         6 * 1024,
@@ -174,23 +200,30 @@ async fn named_headers_deep_in_the_head_reach_json_and_the_span() {
         ],
     );
     assert!(deep.len() > 6 * 1024 && deep.len() < 8 * 1024);
-    let plain = head("/missing", 0, &[&format!("X-Secret: {SECRET}")]);
-    let statuses =
-        tokio::task::spawn_blocking(move || [send(addr, &[&deep]), send(addr, &[&plain])])
-            .await
-            .expect("client");
-    assert_eq!(statuses, [200, 404]);
+    deep
+}
 
-    let lines = json_lines(&mut tracer, 2).await;
+/// Two named headers after 6 KiB of others, one of them twice, beside one
+/// not named: the values in order, on the JSON line and the span, and
+/// nothing of the unnamed one; a request without them has none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_headers_deep_in_the_head_reach_json_and_the_span() {
+    let plain = head("/missing", 0, &[&format!("X-Secret: {SECRET}")]);
+    let args = [
+        "--capture-header",
+        "X-Tenant",
+        "--capture-header",
+        "user-agent",
+    ];
+    let (statuses, run) = run("headers", &args, &[], vec![vec![deep_head()], vec![plain]]).await;
+    assert_eq!(statuses, [200, 404]);
     assert_eq!(
-        line(&lines, "/light")["request_headers"],
+        run.line("/light")["request_headers"],
         json!({"x-tenant": ["acme", "second"], "user-agent": ["headers-test/1.0"]})
     );
-    assert_eq!(line(&lines, "/missing").get("request_headers"), None);
+    assert_eq!(run.line("/missing").get("request_headers"), None);
 
-    let spans = spans(&sink, "headers", 2).await;
-    assert_eq!(tracer.stop().code(), exit_code(Exit::Ok));
-    let deep = span(&spans, "/light");
+    let deep = run.span("/light");
     let strings = |key: &str| {
         deep.attributes
             .get(key)
@@ -206,38 +239,17 @@ async fn named_headers_deep_in_the_head_reach_json_and_the_span() {
     assert_eq!(attr_str(deep, "user_agent.original"), "headers-test/1.0");
     assert_eq!(header_attributes(deep).len(), 3, "{:?}", deep.attributes);
     assert!(!format!("{:?}", deep.attributes).contains(SECRET));
-    assert_eq!(
-        header_attributes(span(&spans, "/missing")),
-        Vec::<&str>::new()
-    );
+    assert_eq!(header_attributes(run.span("/missing")), Vec::<&str>::new());
 }
 
 /// Without `--capture-header` the same request gives no header attribute
 /// and no `request_headers`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_flag_no_header_is_captured() {
-    let app = start_app(WorkerClass::Sync, &[]).await;
-    let sink = start_sink().await;
-    let mut tracer =
-        Tracer::start_with(app.master_pid(), &sink, "no-headers", &["--print", "json"]);
-    let addr = app.addr();
-    let deep = head(
-        "/light",
-        6 * 1024,
-        &["X-Tenant: acme", "User-Agent: headers-test/1.0"],
-    );
-    let status = tokio::task::spawn_blocking(move || send(addr, &[&deep]))
-        .await
-        .expect("client");
-    assert_eq!(status, 200);
-    let lines = json_lines(&mut tracer, 1).await;
-    assert_eq!(line(&lines, "/light").get("request_headers"), None);
-    let spans = spans(&sink, "no-headers", 1).await;
-    tracer.stop();
-    assert_eq!(
-        header_attributes(span(&spans, "/light")),
-        Vec::<&str>::new()
-    );
+    let (statuses, run) = run("no-headers", &[], &[], vec![vec![deep_head()]]).await;
+    assert_eq!(statuses, [200]);
+    assert_eq!(run.line("/light").get("request_headers"), None);
+    assert_eq!(header_attributes(run.span("/light")), Vec::<&str>::new());
 }
 
 /// A head in two reads, the names from `TRACER_CAPTURE_HEADER`: split at a
@@ -245,55 +257,30 @@ async fn without_the_flag_no_header_is_captured() {
 /// it is missed, and counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_head_split_over_reads() {
-    let app = start_app(WorkerClass::Sync, &[]).await;
-    let sink = start_sink().await;
-    let mut command = Command::new(tracer_bin());
-    command
-        .env("TRACER_CAPTURE_HEADER", "X-Tenant,user-agent")
-        .args(["--pid", &app.master_pid().to_string()])
-        .args(["--service-name", "split", "--print", "json"])
-        .args(["--otlp-endpoint", &format!("http://{}", sink.grpc_addr())])
-        .args(["--stats-interval", "1"])
-        .args(probe_set_override());
-    let mut tracer = Tracer::launched(command);
-    let addr = app.addr();
-    let statuses = tokio::task::spawn_blocking(move || {
-        let start = "Host: test\r\nConnection: close\r\n";
-        [
-            send(
-                addr,
-                &[
-                    format!("GET /light HTTP/1.1\r\n{start}").as_bytes(),
-                    b"X-Tenant: after-the-split\r\nUser-Agent: split/1\r\n\r\n",
-                ],
-            ),
-            send(
-                addr,
-                &[
-                    format!("GET /missing HTTP/1.1\r\n{start}X-Ten").as_bytes(),
-                    b"ant: cut-in-its-name\r\n\r\n",
-                ],
-            ),
-        ]
-    })
-    .await
-    .expect("client");
+    let start = "Host: test\r\nConnection: close\r\n";
+    let requests = vec![
+        vec![
+            format!("GET /light HTTP/1.1\r\n{start}").into_bytes(),
+            b"X-Tenant: after-the-split\r\nUser-Agent: split/1\r\n\r\n".to_vec(),
+        ],
+        vec![
+            format!("GET /missing HTTP/1.1\r\n{start}X-Ten").into_bytes(),
+            b"ant: cut-in-its-name\r\n\r\n".to_vec(),
+        ],
+    ];
+    let env = [("TRACER_CAPTURE_HEADER", "X-Tenant,user-agent")];
+    let (statuses, run) = run("split", &[], &env, requests).await;
     assert_eq!(statuses, [200, 404]);
-    let lines = json_lines(&mut tracer, 2).await;
     assert_eq!(
-        line(&lines, "/light")["request_headers"],
+        run.line("/light")["request_headers"],
         json!({"x-tenant": ["after-the-split"], "user-agent": ["split/1"]})
     );
-    assert_eq!(line(&lines, "/missing").get("request_headers"), None);
+    assert_eq!(run.line("/missing").get("request_headers"), None);
+    // The final loss counts reach the sink when the tracer stops.
     assert!(
-        eventually(Duration::from_secs(20), || dropped(
-            &sink,
-            DropReason::HeaderMissed
-        ) >= 1.0)
-        .await,
+        dropped(&run.sink, DropReason::HeaderMissed) >= 1.0,
         "the header cut in its name is not counted"
     );
-    assert_eq!(tracer.stop().code(), exit_code(Exit::Ok));
 }
 
 /// A name that is no token, too long a name, or too many: exit 2 with the

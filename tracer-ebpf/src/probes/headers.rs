@@ -8,7 +8,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::{bpf_loop, bpf_probe_read_user_buf};
 use tracer_common::{
-    ConnState, EventKind, HEADER_TRUNCATED, HeaderEvent, KernelCounter, PHASE_HEADERS,
+    CAPTURE_LEN, ConnState, EventKind, HEADER_TRUNCATED, HeaderEvent, KernelCounter, PHASE_HEADERS,
     header_capture::{
         Found, MatchState, SCAN_LEN, SCAN_STEPS, SCAN_WORDS, Step, VALUE_LEN, value_word,
     },
@@ -88,7 +88,9 @@ fn scan(sock: u64, tgid: u32, seq: u32, buffer: u64, moved: u32, at_line_start: 
     };
     // SAFETY: as above.
     let state = unsafe { &(*scratch).state };
-    if state.missed() {
+    // A head still open after a read longer than the capture is not
+    // followed into the next read (see `data.rs`): its rest goes unscanned.
+    if state.missed() || (state.head_open() && moved as usize > CAPTURE_LEN) {
         count(KernelCounter::HeaderMissed);
     }
     state.ends_at_line_start()
