@@ -355,14 +355,36 @@ impl MatchState {
     }
 }
 
-/// The `len` bytes from `start` of `words`, as the words of a value record:
-/// bytes past them zero, so nothing but the value leaves the scratch buffer.
-/// Word by word, with masks: a copy of variable length through a helper
-/// would make the verifier track the length's every origin.
+/// The value `found` as the words of its record: bytes past it zero, so
+/// nothing but the value leaves the scratch buffer. Without a branch (the
+/// start's shift taken once, masks from sign bits): at each of the record's
+/// words the verifier would otherwise split its states, and a copy of
+/// variable length through a helper would make it track the length's
+/// every origin.
 #[inline(always)]
-pub fn value_word(words: &[u64; SCAN_WORDS], found: &Found, k: usize) -> u64 {
-    word_at(words, found.start + 8 * k) & bytes_below(k, found.len)
+pub fn value_words(words: &[u64; SCAN_WORDS], found: &Found, out: &mut [u64; VALUE_LEN / 8]) {
+    // Masked, so the verifier sees it bounded (through `black_box`, or the
+    // compiler, which knows better, drops the mask).
+    let mask = core::hint::black_box(SCAN_WORDS - 1);
+    let (index, shift) = (found.start / 8, (found.start % 8) * 8);
+    // SAFETY: `i & mask` is below SCAN_WORDS, a power of two.
+    let word = |i: usize| unsafe { *words.get_unchecked(i & mask) };
+    let mut low = word(index);
+    for (k, slot) in out.iter_mut().enumerate() {
+        let high = word(index + k + 1);
+        // In two steps, so that an aligned start (a shift of 64) gives 0.
+        let bytes = (low >> shift) | ((high << 1) << (63 - shift));
+        // Bytes of this word inside the value: `len - 8k` held to 0..=8.
+        let left = (found.len as i64).wrapping_sub(8 * k as i64);
+        let left = left & !(left >> 63);
+        let over = (8 - left) >> 63;
+        let left = ((left & !over) | (8 & over)) as u32;
+        *slot = bytes & ((1u64 << (4 * left)) << (4 * left)).wrapping_sub(1);
+        low = high;
+    }
 }
+
+const _: () = assert!(SCAN_WORDS.is_power_of_two());
 
 /// Whether the bytes at `at` (`available` of them are valid) are the
 /// pattern's name and colon, in any case, as far as they go.

@@ -6,7 +6,7 @@
 use proptest::{collection::vec, prelude::*, sample::select};
 use tracer_common::header_capture::{
     CaptureNames, Found, MAX_NAMES, MAX_VALUES_PER_READ, MatchState, SCAN_LEN, SCAN_STEPS,
-    SCAN_WORDS, Step, VALUE_LEN, is_header_name, value_word,
+    SCAN_WORDS, Step, VALUE_LEN, is_header_name, value_words,
 };
 
 /// One value as the daemon gets it: name index, bytes, truncated.
@@ -51,9 +51,9 @@ fn kernel(read: &[u8], stale: &[u8], names: &[&str], at_line_start: bool) -> Out
                 } = found;
                 assert!(len <= VALUE_LEN && start + len <= copied, "{start}+{len}");
                 // The record's words, as the kernel fills them.
-                let record: Vec<u8> = (0..VALUE_LEN / 8)
-                    .flat_map(|k| value_word(&words, &found, k).to_le_bytes())
-                    .collect();
+                let mut record_words = [0u64; VALUE_LEN / 8];
+                value_words(&words, &found, &mut record_words);
+                let record: Vec<u8> = record_words.iter().flat_map(|w| w.to_le_bytes()).collect();
                 assert!(record[len..].iter().all(|&byte| byte == 0));
                 values.push((name, record[..len].to_vec(), truncated));
             }

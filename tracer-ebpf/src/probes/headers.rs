@@ -10,7 +10,7 @@ use aya_ebpf::helpers::{bpf_loop, bpf_probe_read_user_buf};
 use tracer_common::{
     CAPTURE_LEN, ConnState, EventKind, HEADER_TRUNCATED, HeaderEvent, KernelCounter, PHASE_HEADERS,
     header_capture::{
-        Found, MatchState, SCAN_LEN, SCAN_STEPS, SCAN_WORDS, Step, VALUE_LEN, value_word,
+        Found, MatchState, SCAN_LEN, SCAN_STEPS, SCAN_WORDS, Step, VALUE_LEN, value_words,
     },
 };
 
@@ -132,8 +132,6 @@ fn send(capture: &Capture, words: &[u64; SCAN_WORDS], found: &Found) {
     // SAFETY: `value` is 8-byte aligned in the record (a const assertion in
     // tracer-common checks it) and VALUE_LEN long.
     let value = unsafe { &mut *(event.value.as_mut_ptr() as *mut [u64; VALUE_LEN / 8]) };
-    for (k, word) in value.iter_mut().enumerate() {
-        *word = value_word(words, found, k);
-    }
+    value_words(words, found, value);
     entry.submit(wakeup_flags());
 }
