@@ -7,7 +7,7 @@ use tracer::{
     events::{Direction, Event},
 };
 
-use crate::{close_record, decode_checked};
+use crate::{CAPTURE_NAMES, close_record, decode_checked};
 
 /// Follows the input as the assembler must see it, one connection at a
 /// time, and checks every span it emits against that:
@@ -133,7 +133,9 @@ impl Witness {
                 }
                 self.source = Source::Socket(data.sock);
             }
-            Event::TaskFork { .. }
+            // A header value waits for its read: no span comes of it.
+            Event::Header(_)
+            | Event::TaskFork { .. }
             | Event::TaskExit { .. }
             | Event::ProcessExec { .. }
             | Event::SocketListen { .. } => self.source = Source::Nothing,
@@ -182,6 +184,13 @@ impl Witness {
     pub fn spans(&mut self, done: &mut Vec<CompletedRequest>, monotonic: bool) {
         for span in done.iter() {
             assert!(span.request.minor_version <= 1);
+            // Header names are the daemon's own, never bytes of the record.
+            assert!(
+                span.captured_headers
+                    .iter()
+                    .all(|(name, _)| CAPTURE_NAMES.contains(&name.as_str())),
+                "a captured header of no configured name: {span:?}"
+            );
             if monotonic {
                 assert!(
                     span.start_ns <= span.first_read_ns && span.first_read_ns <= span.end_ns,
@@ -364,9 +373,14 @@ fn find(haystack: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
         .map(|at| from + at)
 }
 
+/// The targets' assembler: paths cut at `?`, [`CAPTURE_NAMES`] captured.
+pub fn capturing_assembler() -> Assembler {
+    Assembler::new(false).capturing(CAPTURE_NAMES.map(String::from).to_vec())
+}
+
 /// Feeds records to an assembler, checking every invariant; returns the spans.
 pub fn feed_records<'a>(records: impl IntoIterator<Item = &'a [u8]>) -> usize {
-    let mut assembler = Assembler::new(false);
+    let mut assembler = capturing_assembler();
     let mut witness = Witness::default();
     let mut done = Vec::new();
     for record in records {

@@ -8,9 +8,11 @@ mod records;
 mod scripts;
 mod traffic;
 
-pub use invariants::{Witness, feed_records};
+pub use invariants::{Witness, capturing_assembler, feed_records};
 pub use records::{
-    close_record, data_record, decode_checked, frame, open_record, task_record, unframe,
+    CAPTURE_NAMES, close_record, data_record, decode_checked, frame, header_record, header_records,
+    open_record,
+    task_record, unframe,
 };
 pub use scripts::{
     Capture, METHODS, Op, Script, Step, http_input, play, run_script, script_records, sock_id,

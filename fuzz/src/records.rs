@@ -2,7 +2,9 @@
 //! `records` target's input, and the decoding every target checks.
 use tracer::events::{self, Event};
 use tracer_common::{
-    AF_INET, CAPTURE_LEN, ConnEvent, ConnMeta, DataEvent, EventHeader, EventKind, ListenEvent, TaskEvent,
+    AF_INET, CAPTURE_LEN, ConnEvent, ConnMeta, DataEvent, EventHeader, EventKind, HEADER_TRUNCATED,
+    HeaderEvent, ListenEvent, TaskEvent,
+    header_capture::{CaptureNames, MatchState, SCAN_LEN, SCAN_STEPS, SCAN_WORDS, Step, VALUE_LEN},
 };
 
 /// The bytes of a record, as the kernel writes it. Only for the
@@ -50,6 +52,52 @@ pub fn data_record(
     event.seq = seq;
     event.payload[..captured.len()].copy_from_slice(captured);
     bytes_of(&event)
+}
+
+/// A `--capture-header` value (name `name` of [`CAPTURE_NAMES`]) found in
+/// the read whose data record is `seq`.
+pub fn header_record(sock: u64, ts: u64, seq: u32, name: u8, value: &[u8], truncated: bool) -> Vec<u8> {
+    let value = &value[..value.len().min(VALUE_LEN)];
+    // SAFETY: as in `data_record`.
+    let mut event: HeaderEvent = unsafe { std::mem::zeroed() };
+    event.header = header(EventKind::Header, ts);
+    event.sock = sock;
+    event.seq = seq;
+    event.name = name;
+    event.flags = if truncated { HEADER_TRUNCATED } else { 0 };
+    event.len = value.len() as u16;
+    event.value[..value.len()].copy_from_slice(value);
+    bytes_of(&event)
+}
+
+/// The names the targets' assemblers capture, by the index header records carry.
+pub const CAPTURE_NAMES: [&str; 2] = ["x-tenant", "user-agent"];
+
+/// The header records the kernel sends for a read of `read` (starting a
+/// request) before its data record `seq`: the programs' own matcher over
+/// its first `SCAN_LEN` bytes, [`CAPTURE_NAMES`] configured.
+pub fn header_records(sock: u64, ts: u64, seq: u32, read: &[u8]) -> Vec<Vec<u8>> {
+    let names: Vec<&[u8]> = CAPTURE_NAMES.iter().map(|name| name.as_bytes()).collect();
+    let names = CaptureNames::new(&names).expect("valid names");
+    let mut words = [0u64; SCAN_WORDS];
+    for (word, bytes) in words.iter_mut().zip(read[..read.len().min(SCAN_LEN)].chunks(8)) {
+        let mut padded = [0u8; 8];
+        padded[..bytes.len()].copy_from_slice(bytes);
+        *word = u64::from_le_bytes(padded);
+    }
+    let mut scan = MatchState::new(read.len(), false);
+    let mut records = Vec::new();
+    for _ in 0..SCAN_STEPS {
+        match scan.step(&words, &names) {
+            Step::Next => {}
+            Step::Found(found) => {
+                let value = &read[found.start..found.start + found.len];
+                records.push(header_record(sock, ts, seq, found.name as u8, value, found.truncated));
+            }
+            Step::Stop => break,
+        }
+    }
+    records
 }
 
 pub fn open_record(sock: u64, ts: u64, established_ns: u64) -> Vec<u8> {
@@ -115,6 +163,10 @@ pub fn decode_checked(record: &[u8]) -> Option<Event<'_>> {
             assert!(data.payload.len() <= CAPTURE_LEN);
             assert!(data.payload.len() as u64 <= u64::from(data.bytes));
             std::mem::size_of::<DataEvent>()
+        }
+        Event::Header(header) => {
+            assert!(header.value.len() <= VALUE_LEN);
+            std::mem::size_of::<HeaderEvent>()
         }
         Event::ConnOpen { .. } | Event::ConnClose { .. } => std::mem::size_of::<ConnEvent>(),
         Event::TaskFork { .. } | Event::TaskExit { .. } | Event::ProcessExec { .. } => {

@@ -5,10 +5,12 @@
 use std::collections::HashMap;
 
 use arbitrary::{Arbitrary, Result, Unstructured};
-use tracer::assembly::Assembler;
 use tracer_common::{CAPTURE_LEN, DIRECTION_RECV, DIRECTION_SEND};
 
-use crate::{Request, Response, Witness, close_record, data_record, decode_checked, open_record};
+use crate::{
+    Request, Response, Witness, capturing_assembler, close_record, data_record, decode_checked,
+    header_records, open_record,
+};
 
 /// How much of a read or write the kernel copied into the record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -441,6 +443,11 @@ pub fn play(script: &Script) -> Vec<Step> {
                 }
                 let moved: Vec<u8> = waiting.drain(..n).collect();
                 let seq = next_seq(&mut seqs, *sock);
+                // The kernel's header values come just before their read.
+                if direction == DIRECTION_RECV && *capture == Capture::Kernel {
+                    let headers = header_records(sock_id(*sock), now, seq, &moved);
+                    steps.extend(headers.into_iter().map(Step::Record));
+                }
                 steps.push(Step::Record(data_record(
                     sock_id(*sock),
                     direction,
@@ -502,7 +509,7 @@ fn queue(waiting: &mut Vec<u8>, bytes: Vec<u8>) {
 
 /// Plays a script into an assembler, checking every invariant.
 pub fn run_script(script: &Script) -> usize {
-    let mut assembler = Assembler::new(false);
+    let mut assembler = capturing_assembler();
     let mut witness = Witness::default();
     let mut done = Vec::new();
     for step in play(script) {

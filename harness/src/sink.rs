@@ -78,8 +78,10 @@ pub enum AttrValue {
     Bool(bool),
     Int(i64),
     Double(f64),
-    /// Strings, and anything else (arrays, maps, bytes) in its debug form.
+    /// Strings, and anything else (maps, bytes, mixed arrays) in its debug form.
     Str(String),
+    /// An array of strings (`http.request.header.<name>`).
+    Strs(Vec<String>),
 }
 
 impl AttrValue {
@@ -93,6 +95,13 @@ impl AttrValue {
     pub fn as_i64(&self) -> Option<i64> {
         match self {
             AttrValue::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+
+    pub fn as_strs(&self) -> Option<&[String]> {
+        match self {
+            AttrValue::Strs(values) => Some(values),
             _ => None,
         }
     }
@@ -675,15 +684,29 @@ fn reject_spans(request: &mut ExportTraceServiceRequest, count: usize) -> usize 
 fn attributes(kvs: &[KeyValue]) -> Attributes {
     kvs.iter()
         .map(|kv| {
-            let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+            let value = kv.value.as_ref().and_then(|v| v.value.as_ref());
+            let value = match value {
                 Some(any_value::Value::StringValue(s)) => AttrValue::Str(s.clone()),
                 Some(any_value::Value::BoolValue(b)) => AttrValue::Bool(*b),
                 Some(any_value::Value::IntValue(i)) => AttrValue::Int(*i),
                 Some(any_value::Value::DoubleValue(d)) => AttrValue::Double(*d),
+                Some(any_value::Value::ArrayValue(array)) => strings(&array.values)
+                    .map_or_else(|| AttrValue::Str(format!("{array:?}")), AttrValue::Strs),
                 Some(other) => AttrValue::Str(format!("{other:?}")),
                 None => AttrValue::Str(String::new()),
             };
             (kv.key.clone(), value)
+        })
+        .collect()
+}
+
+/// The values of an array, if every one is a string.
+fn strings(values: &[opentelemetry_proto::tonic::common::v1::AnyValue]) -> Option<Vec<String>> {
+    values
+        .iter()
+        .map(|value| match &value.value {
+            Some(any_value::Value::StringValue(s)) => Some(s.clone()),
+            _ => None,
         })
         .collect()
 }

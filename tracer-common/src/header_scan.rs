@@ -4,37 +4,16 @@
 //! tests drive the same steps with a plain loop. Everything here is shaped
 //! for the verifier: word-at-a-time masks instead of byte loops, and
 //! indexes it can see bounded.
-use crate::{CAPTURE_LEN, PREFIX_LEN, prefix_may_start_http_message};
+use crate::{
+    CAPTURE_LEN, PREFIX_LEN, prefix_may_start_http_message,
+    swar::{HIGH, bytes_below, bytes_equal, word_at},
+};
 
 /// The capture as little-endian words.
 pub const WORDS: usize = CAPTURE_LEN / 8;
 /// Steps of a whole scan: one per word, and one more to look across the
 /// last word's border.
 pub const SCAN_STEPS: u32 = (WORDS + 1) as u32;
-
-const ONES: u64 = 0x0101_0101_0101_0101;
-const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
-const HIGH: u64 = 0x8080_8080_8080_8080;
-
-/// The top bit of each byte of `word` that equals `byte` (exact, no carries).
-#[inline(always)]
-fn bytes_equal(word: u64, byte: u8) -> u64 {
-    let x = word ^ (ONES * byte as u64);
-    !(((x & LOW7) + LOW7) | x | LOW7)
-}
-
-/// Bytes of word `index` that lie below `limit`, as a byte mask.
-#[inline(always)]
-fn bytes_below(index: usize, limit: usize) -> u64 {
-    let start = index * 8;
-    if limit >= start + 8 {
-        u64::MAX
-    } else if limit <= start {
-        0
-    } else {
-        (1u64 << (8 * (limit - start))) - 1
-    }
-}
 
 /// Finds where the header part of the first `len` bytes ends and zeroes
 /// what follows: that is body. Header blocks end at `\r\n\r\n`; one that is
@@ -140,24 +119,4 @@ fn message_starts_at(words: &[u64; WORDS], at: usize, len: usize) -> bool {
         PREFIX_LEN
     };
     prefix_may_start_http_message(word_at(words, at), available)
-}
-
-/// The eight bytes from `at`, as a little-endian word. Indexes are masked
-/// rather than compared so the verifier sees them bounded; a wrapped last
-/// word only supplies bytes past the capture, which callers ignore.
-#[inline(always)]
-fn word_at(words: &[u64; WORDS], at: usize) -> u64 {
-    // The mask goes through `black_box`: as a plain constant, the compiler
-    // proves it redundant (it knows `at` < the capture) and drops it, and
-    // older verifiers, which do not know that, refuse the access.
-    let mask = core::hint::black_box(WORDS - 1);
-    let (index, shift) = (at / 8, (at % 8) * 8);
-    let word = |i: usize| words.get(i & mask).copied().unwrap_or(0);
-    let low = word(index) >> shift;
-    let high = if shift != 0 {
-        word(index + 1) << (64 - shift)
-    } else {
-        0
-    };
-    low | high
 }

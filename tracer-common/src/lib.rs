@@ -4,7 +4,9 @@
 //! byte layout is the same on both sides; discriminants never change.
 #![no_std]
 
+pub mod header_capture;
 pub mod header_scan;
+pub mod swar;
 
 /// Bytes of a read or write copied into an event. Only buffers that start
 /// an HTTP message, or continue its header block, are copied; bodies never.
@@ -42,6 +44,8 @@ pub enum EventKind {
     ProcessExec = 6,
     /// A traced process, or one listening on a watched port, started listening.
     SocketListen = 7,
+    /// The value of a `--capture-header` header, just before its data record.
+    Header = 8,
 }
 
 impl EventKind {
@@ -54,6 +58,7 @@ impl EventKind {
             5 => Self::TaskExit,
             6 => Self::ProcessExec,
             7 => Self::SocketListen,
+            8 => Self::Header,
             _ => return None,
         })
     }
@@ -94,6 +99,30 @@ pub struct DataEvent {
     pub seq: u32,
     pub _pad2: u32,
     pub payload: [u8; CAPTURE_LEN],
+}
+
+/// [`HeaderEvent::flags`]: the value goes on past what was sent (longer
+/// than [`header_capture::VALUE_LEN`], or past the bytes scanned).
+pub const HEADER_TRUNCATED: u8 = 1;
+
+/// The value of one named request header (`--capture-header`), found in a
+/// read that starts a request or continues its head. Sent just before that
+/// read's data record, whose `seq` it carries: the daemon gives it to the
+/// request that record's bytes belong to.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct HeaderEvent {
+    pub header: EventHeader,
+    pub sock: u64,
+    /// [`DataEvent::seq`] of the read it was found in.
+    pub seq: u32,
+    /// Index of the name in the daemon's list (the kernel's [`header_capture::CaptureNames`]).
+    pub name: u8,
+    /// [`HEADER_TRUNCATED`] or 0.
+    pub flags: u8,
+    /// Bytes of `value` that are the value.
+    pub len: u16,
+    pub value: [u8; header_capture::VALUE_LEN],
 }
 
 /// A connection seen for the first time by a traced process, or its end.
@@ -172,7 +201,9 @@ pub struct ConnState {
     pub send_phase: u8,
     /// 1 once either direction started an HTTP message.
     pub is_http: u8,
-    pub _pad: u8,
+    /// 1 when the last request bytes scanned for `--capture-header` ended
+    /// at the start of a line, their head still open.
+    pub recv_line_start: u8,
     /// Number of the next data record ([`DataEvent::seq`]).
     pub next_seq: u32,
     pub _pad2: u32,
@@ -188,7 +219,7 @@ impl ConnState {
             recv_phase: PHASE_START,
             send_phase: PHASE_START,
             is_http: 0,
-            _pad: 0,
+            recv_line_start: 0,
             next_seq: 0,
             _pad2: 0,
             meta,
@@ -211,9 +242,13 @@ pub enum KernelCounter {
     /// The record of a read that started a request was lost (ring buffer
     /// full): that request gets no span.
     RequestStartLost = 4,
+    /// A named header may have been missed: a read ended inside a line
+    /// that begins like one, a head went on past what is scanned, or a
+    /// read had more values than one read may send.
+    HeaderMissed = 5,
 }
 
-pub const KERNEL_COUNTERS: u32 = 5;
+pub const KERNEL_COUNTERS: u32 = 6;
 
 /// Where `struct task_struct` keeps the task id (from BTF): the fork hook is
 /// a raw tracepoint, which receives the child's `task_struct` itself.
@@ -369,6 +404,8 @@ mod user {
     unsafe impl aya::Pod for ConnState {}
     // SAFETY: as above.
     unsafe impl aya::Pod for KernelConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for header_capture::CaptureNames {}
 }
 
 const _: () = {
@@ -378,10 +415,17 @@ const _: () = {
     assert!(core::mem::size_of::<ConnEvent>() == 56);
     assert!(core::mem::size_of::<TaskEvent>() == 24);
     assert!(core::mem::size_of::<ListenEvent>() == 24);
+    assert!(core::mem::size_of::<HeaderEvent>() == 32 + header_capture::VALUE_LEN);
+    assert!(header_capture::VALUE_LEN <= u16::MAX as usize);
+    assert!(header_capture::MAX_NAMES <= u8::MAX as usize);
+    assert!(core::mem::size_of::<header_capture::CaptureNames>() == 8 + 8 * 128);
     assert!(core::mem::size_of::<ConnState>() == 48);
     assert!(CAPTURE_LEN.is_power_of_two());
     // The kernel scans the payload a u64 word at a time.
     assert!(core::mem::offset_of!(DataEvent, payload) % 8 == 0);
+    // And a header value a word at a time.
+    assert!(core::mem::offset_of!(HeaderEvent, value) % 8 == 0);
+    assert!(header_capture::VALUE_LEN.is_multiple_of(8));
     assert!(CAPTURE_LEN.is_multiple_of(8));
 };
 

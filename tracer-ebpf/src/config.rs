@@ -1,7 +1,7 @@
 //! The load-time configuration: one read-only global that the daemon fills
 //! before loading. Because `.rodata` is frozen, the verifier sees its values
 //! as constants.
-use tracer_common::KernelConfig;
+use tracer_common::{KernelConfig, header_capture::CaptureNames};
 
 #[unsafe(no_mangle)]
 static CONFIG: KernelConfig = KernelConfig {
@@ -29,4 +29,16 @@ static CONFIG: KernelConfig = KernelConfig {
 pub fn config() -> KernelConfig {
     // SAFETY: a plain read of an initialised static.
     unsafe { core::ptr::read_volatile(&CONFIG) }
+}
+
+/// The `--capture-header` names (none: capture is off).
+#[unsafe(no_mangle)]
+static CAPTURE_NAMES: CaptureNames = CaptureNames::NONE;
+
+/// The names to capture. Through `black_box`, so that the compiler does not
+/// fold the empty default; the verifier still sees every field as the
+/// constant the daemon wrote.
+#[inline(always)]
+pub fn capture_names() -> &'static CaptureNames {
+    core::hint::black_box(&CAPTURE_NAMES)
 }

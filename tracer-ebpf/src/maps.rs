@@ -6,6 +6,7 @@ use aya_ebpf::{
 use tracer_common::{
     ConnState, KERNEL_COUNTERS, KernelCounter, MAX_CONNECTIONS, MAX_LISTEN_PORTS, MAX_TRACED_TASKS,
     MAX_WATCHED_PORTS, RING_BUFFER_BYTES,
+    header_capture::{MatchState, SCAN_WORDS},
 };
 
 /// Tasks (process and thread ids) being traced: the daemon seeds it with the
@@ -34,6 +35,17 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BUFFER_BYTES, 0);
 /// What the programs could not do, by [`KernelCounter`].
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(KERNEL_COUNTERS, 0);
+
+/// A read's first bytes, scanned for `--capture-header` names, and the
+/// scan's state: more than the stack holds, and in a map the verifier does
+/// not track what the state holds from one step to the next.
+pub struct HeaderScratch {
+    pub state: MatchState,
+    pub words: [u64; SCAN_WORDS],
+}
+
+#[map]
+pub static HEADER_SCRATCH: PerCpuArray<HeaderScratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Submit flags: wake the daemon only when enough is waiting.
 pub fn wakeup_flags() -> u64 {

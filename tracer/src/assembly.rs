@@ -7,18 +7,25 @@
 //! chunked and close-delimited bodies, when the next request arrives, the
 //! connection ends, or it has been idle for a while. Requests that never got
 //! a response, and bytes that are not HTTP, give no span: they are counted.
+//!
+//! `--capture-header` values come just before the data record of the read
+//! they were found in, and go to the request whose head that read holds
+//! (the first one, when it holds several pipelined heads).
 use std::collections::{HashMap, VecDeque};
 
 use tracer_common::ConnMeta;
 
 use crate::{
-    events::{Data, Direction, Event},
+    events::{Data, Direction, Event, Header},
     http::{self, Parsed, RequestHead, ResponseHead},
     inflight::{InFlight, InFlightKey, InFlightLedger},
 };
 
 /// A request head that grows past this without ending is not HTTP we follow.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Captured header values one request keeps (the kernel sends at most 32
+/// per read, a head can come in several reads); more are counted lost.
+const MAX_HEADER_VALUES: usize = 64;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompletedRequest {
@@ -48,12 +55,21 @@ pub struct AssemblyCounters {
     pub requests_without_response: u64,
     /// Requests dropped because a later record of their connection was lost.
     pub requests_lost_to_gaps: u64,
+    /// Captured header values given to no request: their read's record was
+    /// lost or carried no bytes, their name is unknown, or their request had
+    /// [`MAX_HEADER_VALUES`] already. (Values of a request that is itself
+    /// dropped go with it, counted as that request.)
+    pub header_values_lost: u64,
+    /// Captured header values the kernel cut (and sent so).
+    pub header_values_truncated: u64,
 }
 
 #[derive(Default)]
 pub struct Assembler {
     connections: HashMap<u64, Connection>,
     keep_query: bool,
+    /// `--capture-header` names, by the index the kernel's records carry.
+    capture_names: Vec<String>,
     pub counters: AssemblyCounters,
     in_flight: InFlightLedger,
 }
@@ -72,6 +88,16 @@ struct Connection {
     /// were lost in between.
     next_seq: u32,
     in_flight: InFlightLedger,
+    /// Captured header values waiting for the data record of their read.
+    pending_headers: Vec<PendingHeader>,
+    /// Captured header values of the head being gathered in `inbound`.
+    head_headers: Vec<(String, String)>,
+}
+
+struct PendingHeader {
+    seq: u32,
+    name: String,
+    value: String,
 }
 
 struct Exchange {
@@ -84,6 +110,7 @@ struct Exchange {
     last_write_ns: u64,
     /// Counts the request in flight until the exchange goes, however it goes.
     _in_flight: InFlight,
+    captured_headers: Vec<(String, String)>,
 }
 
 impl Exchange {
@@ -100,6 +127,12 @@ impl Assembler {
             keep_query,
             ..Self::default()
         }
+    }
+
+    /// Gives captured header values the names `names`, by index.
+    pub fn capturing(mut self, names: Vec<String>) -> Self {
+        self.capture_names = names;
+        self
     }
 
     pub fn open_connections(&self) -> usize {
@@ -141,6 +174,7 @@ impl Assembler {
                 }
             }
             Event::Data(data) => self.handle_data(data, done),
+            Event::Header(header) => self.handle_header(header),
             Event::TaskFork { .. }
             | Event::TaskExit { .. }
             | Event::ProcessExec { .. }
@@ -159,12 +193,39 @@ impl Assembler {
             connection.forget_pending(&mut self.counters);
         }
         connection.next_seq = data.seq.wrapping_add(1);
+        // The values found in this read; any other pending ones lost theirs.
+        let (headers, lost): (Vec<_>, Vec<_>) = std::mem::take(&mut connection.pending_headers)
+            .into_iter()
+            .partition(|header| header.seq == data.seq && data.direction == Direction::Recv);
+        self.counters.header_values_lost += lost.len() as u64;
         match data.direction {
             Direction::Recv => {
-                connection.on_request_bytes(data, keep_query, &mut self.counters, done)
+                let headers = headers.into_iter().map(|h| (h.name, h.value)).collect();
+                connection.on_request_bytes(data, headers, keep_query, &mut self.counters, done)
             }
             Direction::Send => connection.on_response_bytes(data, &mut self.counters, done),
         }
+    }
+
+    fn handle_header(&mut self, header: &Header<'_>) {
+        let Some(name) = self.capture_names.get(header.name) else {
+            self.counters.header_values_lost += 1;
+            return;
+        };
+        let in_flight = &self.in_flight;
+        let connection = self.connections.entry(header.sock).or_insert_with(|| {
+            Connection::new(header.tgid, None, None, header.timestamp_ns, in_flight)
+        });
+        if connection.pending_headers.len() >= MAX_HEADER_VALUES {
+            self.counters.header_values_lost += 1;
+            return;
+        }
+        self.counters.header_values_truncated += u64::from(header.truncated);
+        connection.pending_headers.push(PendingHeader {
+            seq: header.seq,
+            name: name.clone(),
+            value: String::from_utf8_lossy(header.value).into_owned(),
+        });
     }
 
     /// Finishes responses of unknown length idle since `idle_before_ns`, and
@@ -228,6 +289,8 @@ impl Connection {
             last_activity_ns: now_ns,
             next_seq: 0,
             in_flight: in_flight.clone(),
+            pending_headers: Vec::new(),
+            head_headers: Vec::new(),
         }
     }
 
@@ -238,18 +301,25 @@ impl Connection {
         counters.requests_lost_to_gaps += lost as u64;
         self.exchanges.clear();
         self.inbound.clear();
+        self.head_headers.clear();
     }
 
+    /// A read of request bytes, with the header values found in it.
     fn on_request_bytes(
         &mut self,
         data: &Data<'_>,
+        headers: Vec<(String, String)>,
         keep_query: bool,
         counters: &mut AssemblyCounters,
         done: &mut Vec<CompletedRequest>,
     ) {
         if data.payload.is_empty() {
+            counters.header_values_lost += headers.len() as u64;
             return;
         }
+        let room = MAX_HEADER_VALUES.saturating_sub(self.head_headers.len());
+        counters.header_values_lost += headers.len().saturating_sub(room) as u64;
+        self.head_headers.extend(headers.into_iter().take(room));
         // A new request ends a response of unknown length still being written.
         self.finish_answered(done);
         if self.inbound.is_empty() {
@@ -276,7 +346,10 @@ impl Connection {
             self.inbound_first_ns = data.timestamp_ns;
             match head {
                 Some(request) => self.start_exchange(request, first_read_ns),
-                None => counters.unparseable_requests += 1,
+                None => {
+                    counters.unparseable_requests += 1;
+                    self.head_headers.clear();
+                }
             }
         }
     }
@@ -303,6 +376,7 @@ impl Connection {
             response_bytes: 0,
             last_write_ns: first_read_ns,
             _in_flight: in_flight,
+            captured_headers: std::mem::take(&mut self.head_headers),
         });
     }
 
@@ -382,7 +456,7 @@ impl Connection {
             meta: self.meta,
             response_bytes: exchange.response_bytes,
             response_body_bytes: response.body_len(exchange.response_bytes),
-            captured_headers: Vec::new(),
+            captured_headers: exchange.captured_headers,
         });
     }
 }
@@ -480,6 +554,39 @@ mod tests {
 
     fn body(assembler: &mut Feed, at: u64, len: usize) -> Vec<CompletedRequest> {
         io(assembler, Direction::Send, at, &vec![b'x'; len], 0)
+    }
+
+    /// A `--capture-header` value found in the read that comes next.
+    fn header(assembler: &mut Feed, name: usize, value: &str, truncated: bool) {
+        let header = Header {
+            tgid: 9,
+            timestamp_ns: 0,
+            sock: SOCK,
+            seq: assembler.seq,
+            name,
+            value: value.as_bytes(),
+            truncated,
+        };
+        assembler.handle(&Event::Header(header), &mut Vec::new());
+    }
+
+    /// A feed capturing `x-tenant` (index 0) and `user-agent` (1).
+    fn capturing() -> Feed {
+        let mut feed = Feed::new(false);
+        feed.assembler =
+            Assembler::new(false).capturing(vec!["x-tenant".into(), "user-agent".into()]);
+        feed
+    }
+
+    fn captured(done: &[CompletedRequest]) -> Vec<Vec<(&str, &str)>> {
+        done.iter()
+            .map(|d| {
+                d.captured_headers
+                    .iter()
+                    .map(|(name, value)| (name.as_str(), value.as_str()))
+                    .collect()
+            })
+            .collect()
     }
 
     fn close(assembler: &mut Feed) -> Vec<CompletedRequest> {
@@ -766,6 +873,92 @@ mod tests {
         io(&mut assembler, Direction::Send, 7, &head, 10);
         assert!(close(&mut assembler).is_empty());
         assert_eq!(assembler.counters.unparseable_responses, 1);
+    }
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+
+    #[test]
+    fn captured_headers_go_to_the_request_of_their_read() {
+        let mut assembler = capturing();
+        open(&mut assembler, None);
+        // A head longer than the capture: only its request line reaches
+        // the daemon, the values come apart.
+        let mut head = b"GET /a HTTP/1.1\r\nX-Pad: ".to_vec();
+        head.extend(vec![b'p'; 6000]);
+        head.extend(b"\r\nX-Tenant: acme\r\nUser-Agent: curl/8\r\nX-Tenant: again\r\n\r\n");
+        header(&mut assembler, 0, "acme", false);
+        header(&mut assembler, 1, "curl/8", false);
+        header(&mut assembler, 0, "again", false);
+        io(
+            &mut assembler,
+            Direction::Recv,
+            1,
+            &head,
+            tracer_common::CAPTURE_LEN,
+        );
+        let mut done = response_head(&mut assembler, 2, OK);
+        // The next request on the connection has none.
+        request(&mut assembler, 3, b"GET /b HTTP/1.1\r\n\r\n");
+        done.extend(response_head(&mut assembler, 4, OK));
+        assert_eq!(
+            captured(&done),
+            [
+                vec![
+                    ("x-tenant", "acme"),
+                    ("user-agent", "curl/8"),
+                    ("x-tenant", "again")
+                ],
+                vec![]
+            ]
+        );
+        assert_eq!(assembler.counters, AssemblyCounters::default());
+    }
+
+    #[test]
+    fn a_head_in_several_reads_keeps_the_values_of_each() {
+        let mut assembler = capturing();
+        open(&mut assembler, None);
+        header(&mut assembler, 0, "acme", false);
+        request(&mut assembler, 1, b"GET /a HTTP/1.1\r\nX-Tenant: acme\r\n");
+        header(&mut assembler, 1, "curl", true);
+        request(&mut assembler, 2, b"User-Agent: curl\r\n\r\n");
+        let done = response_head(&mut assembler, 3, OK);
+        assert_eq!(
+            captured(&done),
+            [vec![("x-tenant", "acme"), ("user-agent", "curl")]]
+        );
+        assert_eq!(assembler.counters.header_values_truncated, 1);
+    }
+
+    #[test]
+    fn pipelined_heads_in_one_read_give_the_values_to_the_first() {
+        let mut assembler = capturing();
+        open(&mut assembler, None);
+        header(&mut assembler, 0, "first", false);
+        request(
+            &mut assembler,
+            1,
+            b"GET /a HTTP/1.1\r\nX-Tenant: first\r\n\r\nGET /b HTTP/1.1\r\nX-Tenant: second\r\n\r\n",
+        );
+        let mut done = response_head(&mut assembler, 2, OK);
+        done.extend(response_head(&mut assembler, 3, OK));
+        assert_eq!(captured(&done), [vec![("x-tenant", "first")], vec![]]);
+    }
+
+    #[test]
+    fn values_whose_read_was_lost_go_to_no_request() {
+        let mut assembler = capturing();
+        open(&mut assembler, None);
+        request(&mut assembler, 1, b"GET /a HTTP/1.1\r\n\r\n");
+        response_head(&mut assembler, 2, OK);
+        header(&mut assembler, 0, "lost", false);
+        assembler.lose_record();
+        request(&mut assembler, 3, b"GET /b HTTP/1.1\r\n\r\n");
+        // A name the daemon never gave.
+        header(&mut assembler, 5, "unknown", false);
+        let done = response_head(&mut assembler, 4, OK);
+        assert_eq!(captured(&done), [vec![]]);
+        assert_eq!(assembler.counters.header_values_lost, 2);
     }
 
     fn exchange_bytes(path: &str) -> (Vec<u8>, Vec<u8>) {

@@ -10,6 +10,7 @@ use std::{
 use clap::{Parser, Subcommand};
 
 use crate::{
+    capture::{CaptureHeaderError, CaptureHeaders, HeaderName},
     discovery::{
         config_file::{self, ConfigFileError},
         resource::ResourceBase,
@@ -97,6 +98,16 @@ pub struct Args {
     /// Keep query strings in `url.path` (they may hold secrets: off by default).
     #[arg(long, env = "TRACER_KEEP_QUERY_STRING")]
     pub keep_query_string: bool,
+    /// Request header whose value goes on the span as
+    /// `http.request.header.<name>` (repeatable, at most 8, for every
+    /// service); nothing else of the head leaves the kernel [default: none].
+    #[arg(
+        long = "capture-header",
+        value_name = "NAME",
+        env = "TRACER_CAPTURE_HEADER",
+        value_delimiter = ','
+    )]
+    pub capture_headers: Vec<HeaderName>,
     /// Kernel hook set: auto picks the cheapest this kernel accepts
     /// (fentry, then tracepoints, then kprobes).
     #[arg(long, env = "TRACER_PROBES", value_enum, default_value = "auto")]
@@ -170,6 +181,8 @@ pub struct Config {
     pub services: Vec<ServiceSpec>,
     pub resource_base: ResourceBase,
     pub probes: ProbeChoice,
+    /// Request headers to capture, for every service.
+    pub capture_headers: CaptureHeaders,
     pub export: ExportConfig,
     pub stats_interval: Duration,
     /// Where the Prometheus endpoint listens; `None`: no endpoint.
@@ -182,6 +195,8 @@ pub enum ConfigError {
     Setting(#[from] InvalidSetting),
     #[error(transparent)]
     File(#[from] ConfigFileError),
+    #[error(transparent)]
+    CaptureHeaders(#[from] CaptureHeaderError),
     #[error(
         "nothing to trace: give --pid, --port, --exe, --cgroup, --systemd-unit or --config (see --help)"
     )]
@@ -221,9 +236,13 @@ impl Args {
         };
         let otel = otel_env::resolve(&flags, &lookup)?;
         let mut services: Vec<ServiceSpec> = self.flag_service().into_iter().collect();
+        let mut capture_headers = std::mem::take(&mut self.capture_headers);
         if let Some(path) = &self.config {
-            services.extend(config_file::load(path)?);
+            let file = config_file::load(path)?;
+            services.extend(file.services);
+            capture_headers.extend(file.capture_headers);
         }
+        let capture_headers = CaptureHeaders::new(capture_headers)?;
         if services.is_empty() {
             return Err(ConfigError::NothingToTrace);
         }
@@ -257,6 +276,7 @@ impl Args {
             services,
             resource_base,
             probes: self.probes,
+            capture_headers,
             export: ExportConfig {
                 otlp: otel.otlp,
                 sampler: otel.sampler,
@@ -395,6 +415,56 @@ mod tests {
         assert_eq!(routes.unmatched, UnmatchedRoute::Unset);
         assert_eq!(routes.span_name_limit, 5);
         assert_eq!(routes.route_limit, routes::DEFAULT_ROUTE_LIMIT as usize);
+    }
+
+    #[test]
+    fn capture_headers_are_checked_and_merged_with_the_config_file() {
+        let names = |args: &[&str]| {
+            parse(&[&["--pid", "1"], args].concat())
+                .map_err(|err| err.to_string())
+                .and_then(|args| args.into_config().map_err(|err| err.to_string()))
+                .map(|config| config.capture_headers.names().to_vec())
+        };
+        assert_eq!(names(&[]).unwrap(), Vec::<String>::new());
+        assert_eq!(
+            names(&[
+                "--capture-header",
+                "X-Tenant",
+                "--capture-header",
+                "User-Agent"
+            ])
+            .unwrap(),
+            ["x-tenant", "user-agent"]
+        );
+        let bad = names(&["--capture-header", "x tenant"]).unwrap_err();
+        assert!(
+            bad.contains("--capture-header") && bad.contains("invalid header name"),
+            "{bad}"
+        );
+        let too_many: Vec<String> = (0..9).map(|i| format!("--capture-header=x-{i}")).collect();
+        let too_many: Vec<&str> = too_many.iter().map(String::as_str).collect();
+        let error = names(&too_many).unwrap_err();
+        assert!(
+            error.contains("--capture-header") && error.contains("at most 8"),
+            "{error}"
+        );
+
+        let dir = std::env::temp_dir().join(format!("tracer-cli-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("services.yaml");
+        std::fs::write(
+            &file,
+            "capture_headers: [x-b, X-A]\nservices:\n  - port: 80\n",
+        )
+        .unwrap();
+        let file = file.to_str().unwrap();
+        let merged = names(&["--capture-header", "x-a", "--config", file]);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            merged.unwrap(),
+            ["x-a", "x-b"],
+            "flags first, each name once"
+        );
     }
 
     #[test]

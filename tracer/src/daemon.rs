@@ -136,7 +136,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         events: ring,
         probe_set,
         refused,
-    } = loader::load(config.probes, watch_execs)?;
+    } = loader::load(config.probes, watch_execs, config.capture_headers.kernel())?;
     for reason in &refused {
         log::info!("probe set refused by this kernel: {reason}");
     }
@@ -190,7 +190,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     })?;
     // Query strings are cut per service, when requests leave (see `send`).
     let keep_any_query = config.services.iter().any(|service| service.keep_query);
-    let mut assembler = Assembler::new(keep_any_query);
+    let mut assembler =
+        Assembler::new(keep_any_query).capturing(config.capture_headers.names().to_vec());
     let mut done = Vec::new();
     let mut sigint = signal(SignalKind::interrupt()).map_err(io("installing SIGINT handler"))?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(io("installing SIGTERM handler"))?;

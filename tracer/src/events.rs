@@ -3,7 +3,7 @@
 //! error the caller counts and skips.
 use tracer_common::{
     CAPTURE_LEN, ConnEvent, ConnMeta, DIRECTION_RECV, DIRECTION_SEND, DataEvent, EventHeader,
-    EventKind, ListenEvent, TaskEvent,
+    EventKind, HEADER_TRUNCATED, HeaderEvent, ListenEvent, TaskEvent, header_capture::VALUE_LEN,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,9 +26,25 @@ pub struct Data<'a> {
     pub seq: u32,
 }
 
+/// The value of a `--capture-header` header, found in the read whose data
+/// record is `seq` (and comes next on its connection).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Header<'a> {
+    pub tgid: u32,
+    pub timestamp_ns: u64,
+    pub sock: u64,
+    pub seq: u32,
+    /// Index of the name in the daemon's list.
+    pub name: usize,
+    pub value: &'a [u8],
+    /// The value went on past what the kernel sent.
+    pub truncated: bool,
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event<'a> {
     Data(Data<'a>),
+    Header(Header<'a>),
     ConnOpen {
         tgid: u32,
         sock: u64,
@@ -76,6 +92,8 @@ pub enum DecodeError {
     Captured { captured: u32, bytes: u32 },
     #[error("data record has direction {0}")]
     Direction(u8),
+    #[error("header record claims {len} value bytes (flags {flags:#x})")]
+    Header { len: u16, flags: u8 },
 }
 
 pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
@@ -105,6 +123,25 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
                 bytes: event.bytes,
                 payload: &record[payload_start..payload_start + captured],
                 seq: event.seq,
+            }))
+        }
+        EventKind::Header => {
+            let event: HeaderEvent = read_exact(record, kind)?;
+            if usize::from(event.len) > VALUE_LEN || event.flags & !HEADER_TRUNCATED != 0 {
+                return Err(DecodeError::Header {
+                    len: event.len,
+                    flags: event.flags,
+                });
+            }
+            let value_start = std::mem::offset_of!(HeaderEvent, value);
+            Ok(Event::Header(Header {
+                tgid: header.tgid,
+                timestamp_ns: header.timestamp_ns,
+                sock: event.sock,
+                seq: event.seq,
+                name: usize::from(event.name),
+                value: &record[value_start..value_start + usize::from(event.len)],
+                truncated: event.flags & HEADER_TRUNCATED != 0,
             }))
         }
         EventKind::ConnOpen | EventKind::ConnClose => {
@@ -221,6 +258,48 @@ pub mod tests {
         assert_eq!(data.direction, Direction::Send);
         assert_eq!(data.timestamp_ns, 99);
         assert_eq!(data.payload, b"HTTP/1.1 200 OK\r\n");
+    }
+
+    pub fn header_event(sock: u64, seq: u32, name: u8, value: &[u8], flags: u8) -> HeaderEvent {
+        let mut event = HeaderEvent {
+            header: EventHeader {
+                kind: EventKind::Header as u32,
+                tgid: 42,
+                timestamp_ns: 1,
+            },
+            sock,
+            seq,
+            name,
+            flags,
+            len: value.len() as u16,
+            value: [b'?'; VALUE_LEN],
+        };
+        event.value[..value.len()].copy_from_slice(value);
+        event
+    }
+
+    #[test]
+    fn header_round_trip() {
+        let record = encode(&header_event(7, 3, 1, b"acme", HEADER_TRUNCATED));
+        let Event::Header(header) = decode(&record).unwrap() else {
+            panic!("wrong kind");
+        };
+        assert_eq!(
+            (header.sock, header.seq, header.name, header.value),
+            (7, 3, 1, &b"acme"[..])
+        );
+        assert!(header.truncated);
+        let mut long = header_event(7, 3, 1, b"", 0);
+        long.len = VALUE_LEN as u16 + 1;
+        assert!(matches!(
+            decode(&encode(&long)),
+            Err(DecodeError::Header { .. })
+        ));
+        let flagged = header_event(7, 3, 1, b"", 4);
+        assert!(matches!(
+            decode(&encode(&flagged)),
+            Err(DecodeError::Header { .. })
+        ));
     }
 
     #[test]

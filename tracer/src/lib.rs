@@ -3,6 +3,8 @@
 //! records is built (the fuzz targets' view of the crate).
 pub mod assembly;
 #[cfg(feature = "daemon")]
+pub mod capture;
+#[cfg(feature = "daemon")]
 pub mod cli;
 #[cfg(feature = "daemon")]
 pub mod daemon;

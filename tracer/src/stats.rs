@@ -65,11 +65,21 @@ pub enum DropReason {
     /// A span the collector refused in a partial success: spans, not
     /// requests (one request's three spans need not share a fate).
     SpansRejected,
+    /// A read where a `--capture-header` header may have been missed: it
+    /// ended inside a line that begins like one, its head went on past the
+    /// 8 KiB scanned, or it held more values than one read may send.
+    HeaderMissed,
+    /// A captured header value given to no request (its read's record was
+    /// lost); the values of a request dropped for another reason go with it.
+    HeaderValueLost,
+    /// A captured header value cut at 128 bytes or by the end of the bytes
+    /// scanned: sent, but not whole.
+    HeaderValueTruncated,
 }
 
 impl DropReason {
     /// Every reason, in the order they are exported and logged.
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 18] = [
         Self::RingBufferFull,
         Self::CaptureFailed,
         Self::ConnectionTableFull,
@@ -85,6 +95,9 @@ impl DropReason {
         Self::ExportDropped,
         Self::Unattributed,
         Self::SpansRejected,
+        Self::HeaderMissed,
+        Self::HeaderValueLost,
+        Self::HeaderValueTruncated,
     ];
 
     /// The exported `reason` attribute value.
@@ -105,6 +118,9 @@ impl DropReason {
             Self::ExportDropped => "export_dropped",
             Self::Unattributed => "unattributed_request",
             Self::SpansRejected => "spans_rejected",
+            Self::HeaderMissed => "header_missed",
+            Self::HeaderValueLost => "header_value_lost",
+            Self::HeaderValueTruncated => "header_value_truncated",
         }
     }
 
@@ -127,6 +143,7 @@ impl DropReason {
             | Self::UnparseableResponse
             | Self::ResponseWithoutRequest
             | Self::SpansRejected => false,
+            Self::HeaderMissed | Self::HeaderValueLost | Self::HeaderValueTruncated => false,
         }
     }
 }
@@ -194,6 +211,8 @@ pub struct Stats {
     responses_without_request: AtomicU64,
     requests_without_response: AtomicU64,
     requests_lost_to_gaps: AtomicU64,
+    header_values_lost: AtomicU64,
+    header_values_truncated: AtomicU64,
     overflows: [AtomicU64; Overflow::ALL.len()],
 }
 
@@ -215,6 +234,10 @@ impl Stats {
             .store(counters.requests_without_response, Relaxed);
         self.requests_lost_to_gaps
             .store(counters.requests_lost_to_gaps, Relaxed);
+        self.header_values_lost
+            .store(counters.header_values_lost, Relaxed);
+        self.header_values_truncated
+            .store(counters.header_values_truncated, Relaxed);
     }
 
     /// Every loss counter with its reason, as exported and logged.
@@ -242,6 +265,9 @@ impl Stats {
             DropReason::ExportDropped => self.export_dropped.load(Relaxed),
             DropReason::Unattributed => self.unattributed.load(Relaxed),
             DropReason::SpansRejected => self.spans_rejected.load(Relaxed),
+            DropReason::HeaderMissed => kernel(KernelCounter::HeaderMissed),
+            DropReason::HeaderValueLost => self.header_values_lost.load(Relaxed),
+            DropReason::HeaderValueTruncated => self.header_values_truncated.load(Relaxed),
         }
     }
 

@@ -260,7 +260,8 @@ fn test_stages(root: &std::path::Path, stages: &mut Stages) -> Result<()> {
     };
     // One boot per kernel. The fentry set is what `auto` picks on both;
     // under it the CLI tests run too (they mostly leave the choice to the
-    // tracer). The kprobe set's own code is its data path: the span tests.
+    // tracer), and the header capture on the oldest verifier. The kprobe
+    // set's own code is its data path: the span tests.
     stages.run("guest: Debian 6.1 (fentry, kprobes, CLI)", || {
         vm::vm_test(
             root,
@@ -269,7 +270,14 @@ fn test_stages(root: &std::path::Path, stages: &mut Stages) -> Result<()> {
                 &[
                     (
                         "fentry",
-                        &["spans::", "robustness::", "cli::", "--skip", "sigkill"],
+                        &[
+                            "spans::",
+                            "robustness::",
+                            "cli::",
+                            "headers::",
+                            "--skip",
+                            "sigkill",
+                        ],
                     ),
                     ("kprobes", &["spans::"]),
                 ],

@@ -10,12 +10,14 @@
 use std::{fs, mem::offset_of, path::Path};
 
 use arbitrary::{Arbitrary, Unstructured};
-use tracer_common::{CAPTURE_LEN, DIRECTION_RECV, DIRECTION_SEND, DataEvent, EventKind};
+use tracer_common::{
+    CAPTURE_LEN, DIRECTION_RECV, DIRECTION_SEND, DataEvent, EventKind, HeaderEvent,
+};
 use tracer_fuzz::{
     Capture::{self, Full, Kernel},
     Op::{self, *},
     Request, Response, Script, close_record, data_record, frame, http_input, open_record,
-    script_records, sock_id, task_record,
+    header_record, script_records, sock_id, task_record,
 };
 
 fn open(sock: u8) -> Op {
@@ -328,6 +330,9 @@ fn malformed_records() -> Vec<(&'static str, Vec<Vec<u8>>)> {
     );
     let captured = offset_of!(DataEvent, captured);
     set(&mut captured_past_capture, captured, CAPTURE_LEN as u32 + 1);
+    let mut value_too_long = header_record(sock, 5, 2, 0, b"x", false);
+    let len = offset_of!(HeaderEvent, len);
+    value_too_long[len..len + 2].copy_from_slice(&200u16.to_le_bytes());
     let response = data_record(
         sock,
         DIRECTION_SEND,
@@ -352,6 +357,28 @@ fn malformed_records() -> Vec<(&'static str, Vec<Vec<u8>>)> {
                 good,
                 response,
                 close_record(sock, 12),
+            ],
+        ),
+        (
+            "header-records",
+            vec![
+                open_record(sock, 1, 1),
+                header_record(sock, 2, 0, 1, b"curl/8", false),
+                header_record(sock, 2, 0, 0, &[b'v'; 128], true),
+                // A name the daemon never gave, a value whose read is lost.
+                header_record(sock, 2, 0, 7, b"unknown", false),
+                data_record(sock, DIRECTION_RECV, 3, 0, 9000, b"GET / HTTP/1.1\r\nX-Pad: p"),
+                header_record(sock, 4, 1, 0, b"lost", false),
+                data_record(
+                    sock,
+                    DIRECTION_SEND,
+                    5,
+                    1,
+                    38,
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+                ),
+                value_too_long,
+                close_record(sock, 6),
             ],
         ),
         (

@@ -5,6 +5,7 @@
 mod bench_quick;
 mod cli;
 mod collector;
+mod headers;
 mod otel_env;
 mod overload;
 mod package;

@@ -107,7 +107,17 @@ impl Tracer {
             .args(["--stats-interval", "1"])
             .args(probe_set_override())
             .args(args);
+        Self::launched(command)
+    }
+
+    /// The tracer `command` runs, with its own arguments and environment.
+    pub fn launched(command: Command) -> Tracer {
         Tracer(launch(command))
+    }
+
+    /// Its stdout (`--print json`), the first time.
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.0.take_stdout()
     }
 
     /// Its log so far.

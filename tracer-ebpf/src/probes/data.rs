@@ -29,7 +29,10 @@ use tracer_common::{
 use crate::{
     config::config,
     maps::{CONNECTIONS, EVENTS, count, current_task, is_traced, wakeup_flags},
-    probes::connection::{emit_conn_event, field},
+    probes::{
+        connection::{emit_conn_event, field},
+        headers,
+    },
 };
 
 /// `sock:sock_recv_length` / `sock_send_length`, raw. Arguments
@@ -92,6 +95,12 @@ fn try_on_socket_io(
     if state.is_http == 0 {
         state.is_http = 1;
         emit_conn_event(EventKind::ConnOpen, tgid, sock, state);
+    }
+    if direction == DIRECTION_RECV
+        && headers::enabled()
+        && let Some(buffer) = buffer
+    {
+        headers::capture(state, sock, tgid, buffer, moved);
     }
     let seq = next_seq(state);
     let next_phase = match emit_data(sock, tgid, tid, direction, moved, seq, buffer) {
@@ -280,8 +289,9 @@ fn keep_header_block(payload: &mut [u8; CAPTURE_LEN], len: usize) -> Option<usiz
     })
 }
 
-const LOOP_CONTINUE: i64 = 0;
-const LOOP_STOP: i64 = 1;
+/// What a `bpf_loop` callback returns: go on, or stop the loop.
+pub const LOOP_CONTINUE: i64 = 0;
+pub const LOOP_STOP: i64 = 1;
 
 /// The `bpf_loop` callback: step `w` of the scan.
 extern "C" fn scan_word(w: u64, context: *mut c_void) -> i64 {

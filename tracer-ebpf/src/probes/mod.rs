@@ -1,6 +1,8 @@
 //! Hook families: process tree, TCP connection life, socket data (and the
-//! TCP function hooks that feed it in the fentry and kprobe sets).
+//! TCP function hooks that feed it in the fentry and kprobe sets), and the
+//! `--capture-header` values found in request heads.
 pub mod connection;
 pub mod data;
+pub mod headers;
 pub mod process;
 pub mod tcp;

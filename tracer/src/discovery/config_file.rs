@@ -2,6 +2,7 @@
 //! an unknown one or a bad value is an error naming its line.
 //!
 //! ```yaml
+//! capture_headers: [x-tenant]   # for every service (the kernel's list is global)
 //! services:
 //!   - name: shop
 //!     systemd_unit: shop.service
@@ -19,7 +20,7 @@ use serde::{
 };
 
 use super::selector::{self, PortRange, Selector, ServiceSpec};
-use crate::telemetry::routes::RoutePattern;
+use crate::{capture::HeaderName, telemetry::routes::RoutePattern};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigFileError {
@@ -43,6 +44,15 @@ pub enum ConfigFileError {
 #[serde(deny_unknown_fields)]
 struct File {
     services: Vec<Entry>,
+    #[serde(default, deserialize_with = "one_or_many")]
+    capture_headers: Vec<Parsed<HeaderName>>,
+}
+
+/// What a config file says: its services, and the request headers to
+/// capture for all of them.
+pub struct ConfigFile {
+    pub services: Vec<ServiceSpec>,
+    pub capture_headers: Vec<HeaderName>,
 }
 
 #[derive(Deserialize)]
@@ -65,7 +75,7 @@ struct Entry {
     routes: Vec<Parsed<RoutePattern>>,
 }
 
-pub fn load(path: &Path) -> Result<Vec<ServiceSpec>, ConfigFileError> {
+pub fn load(path: &Path) -> Result<ConfigFile, ConfigFileError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
         path: shown.clone(),
@@ -88,7 +98,7 @@ enum ParseError {
     Empty(&'static str),
 }
 
-fn parse(text: &str) -> Result<Vec<ServiceSpec>, ParseError> {
+fn parse(text: &str) -> Result<ConfigFile, ParseError> {
     let file: File = serde_yaml_ng::from_str(text).map_err(ParseError::Yaml)?;
     if file.services.is_empty() {
         return Err(ParseError::Empty("`services` lists no service"));
@@ -99,7 +109,14 @@ fn parse(text: &str) -> Result<Vec<ServiceSpec>, ParseError> {
             "a service has no selector (pid, port, exe, cgroup or systemd_unit)",
         ));
     }
-    Ok(services)
+    Ok(ConfigFile {
+        services,
+        capture_headers: file
+            .capture_headers
+            .into_iter()
+            .map(|name| name.0)
+            .collect(),
+    })
 }
 
 impl Entry {
@@ -210,10 +227,12 @@ mod tests {
 
     #[test]
     fn two_services_with_every_selector_form() {
-        let services = parse(
-            "services:\n  - name: shop\n    systemd_unit: shop\n    routes: [\"/users/{id}\"]\n    port: [8000, \"9000-9001\"]\n  - exe: gunicorn\n    pid: 1\n    keep_query_string: true\n    cgroup: /\n",
+        let file = parse(
+            "capture_headers: X-Tenant\nservices:\n  - name: shop\n    systemd_unit: shop\n    routes: [\"/users/{id}\"]\n    port: [8000, \"9000-9001\"]\n  - exe: gunicorn\n    pid: 1\n    keep_query_string: true\n    cgroup: /\n",
         )
         .unwrap_or_else(|_| panic!("valid"));
+        assert_eq!(file.capture_headers, [HeaderName("x-tenant".into())]);
+        let services = file.services;
         assert_eq!(services.len(), 2);
         assert_eq!(services[0].name.as_deref(), Some("shop"));
         assert_eq!(services[0].routes.len(), 1);
@@ -247,5 +266,10 @@ mod tests {
         assert!(error("services:\n  - name: a\n").contains("no selector"));
         assert!(error("services:\n  - name: a\n    routes: [users]\n").contains("line 3"));
         assert!(error("listen: 1\n").contains("unknown field"));
+        let bad_header = error("capture_headers: [x-a, \"x b\"]\nservices:\n  - pid: 1\n");
+        assert!(
+            bad_header.contains("invalid header name") && bad_header.contains("line 1"),
+            "{bad_header}"
+        );
     }
 }

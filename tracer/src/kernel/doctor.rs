@@ -1,6 +1,7 @@
 //! `tracer doctor`: what this kernel and this process offer for tracing,
 //! and whether the tracer can run here. Exits non-zero when it cannot.
 use aya::{maps::MapType, programs::ProgramType, sys::BpfHelper};
+use tracer_common::header_capture::{CaptureNames, MAX_NAME_LEN, MAX_NAMES};
 
 use super::{
     btf::Btf,
@@ -91,7 +92,13 @@ pub fn run() -> Exit {
         }
         Err(err) => check("tracefs (informational)", Err(err.to_string()), false),
     }
-    // The real test of a probe set: load and attach it (then detach).
+    // The real test of a probe set: load and attach it (then detach), with
+    // the most a configuration can ask of the verifier.
+    let most_names: Vec<String> = (0..MAX_NAMES)
+        .map(|i| format!("{i:-<MAX_NAME_LEN$}"))
+        .collect();
+    let most_names: Vec<&[u8]> = most_names.iter().map(|name| name.as_bytes()).collect();
+    let capture = CaptureNames::new(&most_names).unwrap_or(CaptureNames::NONE);
     let mut runs = None;
     for probe_set in ProbeSet::AUTO_ORDER {
         let choice = match probe_set {
@@ -99,7 +106,7 @@ pub fn run() -> Exit {
             ProbeSet::Fentry => ProbeChoice::Fentry,
             ProbeSet::Kprobes => ProbeChoice::Kprobes,
         };
-        let result = match loader::load(choice, true) {
+        let result = match loader::load(choice, true, &capture) {
             Ok(_) => Ok("loads and attaches".to_owned()),
             Err(loader::LoadError::NoProbeSet(reasons)) => Err(reasons.join("; ")),
             Err(err) => Err(err.to_string()),

@@ -6,7 +6,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
 };
-use tracer_common::{KERNEL_COUNTERS, KernelConfig};
+use tracer_common::{KERNEL_COUNTERS, KernelConfig, header_capture::CaptureNames};
 
 use super::{
     abi::{sock_offsets, syscall_abi, task_offsets, tcp_args},
@@ -51,8 +51,13 @@ pub struct Loaded {
 }
 
 /// Loads the programs and attaches the first candidate set of `choice` that
-/// this kernel accepts, with the exec hook when `watch_execs`.
-pub fn load(choice: ProbeChoice, watch_execs: bool) -> Result<Loaded, LoadError> {
+/// this kernel accepts, with the exec hook when `watch_execs`, capturing
+/// the request headers `capture` names.
+pub fn load(
+    choice: ProbeChoice,
+    watch_execs: bool,
+    capture: &CaptureNames,
+) -> Result<Loaded, LoadError> {
     let btf = Btf::from_sys_fs()?;
     let mut config = KernelConfig {
         task: task_offsets(&btf)?,
@@ -95,6 +100,7 @@ pub fn load(choice: ProbeChoice, watch_execs: bool) -> Result<Loaded, LoadError>
         // frees whatever it had loaded.
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &config, true)
+            .override_global("CAPTURE_NAMES", capture, true)
             .load(OBJECT)?;
         if let Err(err) = probe_set.attach(&mut ebpf, typed_btf, recvmsg, watch_execs) {
             log::debug!("probe set {} in full: {err}", probe_set.name());
