@@ -212,10 +212,13 @@ impl Assembler {
             self.counters.header_values_lost += 1;
             return;
         };
-        let in_flight = &self.in_flight;
-        let connection = self.connections.entry(header.sock).or_insert_with(|| {
-            Connection::new(header.tgid, None, None, header.timestamp_ns, in_flight)
-        });
+        // The kernel sends a connection's opening before its first values:
+        // without one (lost, or the connection was forgotten) no request
+        // of this read can be followed, so its values are lost here.
+        let Some(connection) = self.connections.get_mut(&header.sock) else {
+            self.counters.header_values_lost += 1;
+            return;
+        };
         if connection.pending_headers.len() >= MAX_HEADER_VALUES {
             self.counters.header_values_lost += 1;
             return;
