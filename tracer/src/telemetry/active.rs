@@ -5,7 +5,7 @@
 //! while its instance lives: a gauge that vanished would hold its last
 //! value in most backends.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex, MutexGuard},
 };
 
@@ -37,12 +37,15 @@ impl ActiveSeries {
     }
 }
 
+/// An instance's counts by method and server port.
+type Counts = HashMap<(&'static str, u16), u32>;
+
 /// The counts by [`Instance::key`], shared with the readers.
 #[derive(Clone, Default)]
-pub struct ActiveRequests(Arc<Mutex<HashMap<usize, Vec<ActiveSeries>>>>);
+pub struct ActiveRequests(Arc<Mutex<HashMap<usize, Counts>>>);
 
 impl ActiveRequests {
-    fn lock(&self) -> MutexGuard<'_, HashMap<usize, Vec<ActiveSeries>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<usize, Counts>> {
         // Plain data: a panic while holding the lock leaves it usable.
         self.0
             .lock()
@@ -52,45 +55,33 @@ impl ActiveRequests {
     /// Replaces the counts with `in_flight`, each process's requests under
     /// its instance; instances gone from the registry go from here too.
     pub fn publish(&self, in_flight: &[(InFlightKey, u32)], registry: &Registry) {
-        let mut by_instance: HashMap<usize, HashMap<(&'static str, u16), u32>> = HashMap::new();
+        let live: HashSet<usize> = registry.instance_keys().collect();
+        let mut published = self.lock();
+        published.retain(|key, _| live.contains(key));
+        for counts in published.values_mut() {
+            counts.values_mut().for_each(|count| *count = 0);
+        }
         for (key, count) in in_flight {
             if let Some(instance) = registry.instance_of(key.tgid) {
-                *by_instance
+                *published
                     .entry(Instance::key(instance))
                     .or_default()
                     .entry((key.method, key.server_port))
                     .or_default() += count;
             }
         }
-        let live: Vec<usize> = registry.instance_keys().collect();
-        let mut published = self.lock();
-        published.retain(|key, _| live.contains(key));
-        for key in live {
-            let counts = by_instance.remove(&key).unwrap_or_default();
-            let series = published.entry(key).or_default();
-            for one in series.iter_mut() {
-                one.count = counts
-                    .get(&(one.method, one.server_port))
-                    .copied()
-                    .unwrap_or(0);
-            }
-            for ((method, server_port), count) in counts {
-                if !series
-                    .iter()
-                    .any(|one| one.method == method && one.server_port == server_port)
-                {
-                    series.push(ActiveSeries {
-                        method,
-                        server_port,
-                        count,
-                    });
-                }
-            }
-        }
     }
 
     /// The series of the instance keyed `key`, now.
     pub fn of(&self, key: usize) -> Vec<ActiveSeries> {
-        self.lock().get(&key).cloned().unwrap_or_default()
+        let published = self.lock();
+        let counts = published.get(&key).into_iter().flatten();
+        counts
+            .map(|(&(method, server_port), &count)| ActiveSeries {
+                method,
+                server_port,
+                count,
+            })
+            .collect()
     }
 }
