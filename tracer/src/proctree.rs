@@ -75,33 +75,27 @@ pub fn listening_ports(pids: &BTreeSet<u32>) -> BTreeSet<u16> {
     for pid in namespaces.into_values() {
         for table in ["tcp", "tcp6"] {
             let listeners = listeners_in(&format!("/proc/{pid}/net/{table}"));
-            ports.extend(listening_in_table(&listeners, &inodes));
+            ports.extend(
+                listeners
+                    .into_iter()
+                    .filter(|(inode, _)| inodes.contains(inode))
+                    .map(|(_, port)| port),
+            );
         }
     }
     ports
 }
 
-/// The LISTEN lines of a `/proc/net/tcp` table (its header first). The
-/// kernel lists the listening sockets before all others, so the read stops
-/// at the first other one: a busy host's table holds tens of thousands of
-/// connections (TIME_WAIT included) that would cost milliseconds to list.
-fn listeners_in(path: &str) -> String {
-    let mut text = String::new();
+/// The inode and local port of each listening socket in a `/proc/net/tcp`
+/// table. The kernel lists the listening sockets before all others, so the
+/// read stops at the first other one: a busy host's table holds tens of
+/// thousands of connections (TIME_WAIT included) that would cost
+/// milliseconds to list.
+fn listeners_in(path: &str) -> Vec<(u64, u16)> {
     let Ok(file) = fs::File::open(path) else {
-        return text;
+        return Vec::new();
     };
-    for (index, line) in BufReader::new(file)
-        .lines()
-        .map_while(Result::ok)
-        .enumerate()
-    {
-        if index > 0 && line.split_whitespace().nth(3) != Some(LISTEN) {
-            break;
-        }
-        text.push_str(&line);
-        text.push('\n');
-    }
-    text
+    listening_sockets(BufReader::new(file).lines().map_while(Result::ok))
 }
 
 /// The inodes of the sockets among `pid`'s open files.
@@ -120,28 +114,46 @@ fn socket_inode(link: &str) -> Option<u64> {
         .ok()
 }
 
-fn listening_in_table(text: &str, inodes: &HashSet<u64>) -> Vec<u16> {
-    listening_sockets(text)
-        .filter(|(inode, _)| inodes.contains(inode))
-        .map(|(_, port)| port)
-        .collect()
-}
-
 /// The LISTEN state in `/proc/net/tcp`.
 const LISTEN: &str = "0A";
 
-/// Parses `/proc/net/tcp` lines (`sl local rem st ... uid timeout inode`)
-/// into the inode and local port of each socket in LISTEN state.
-fn listening_sockets(text: &str) -> impl Iterator<Item = (u64, u16)> + '_ {
-    text.lines().skip(1).filter_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let (local, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
-        if *state != LISTEN {
-            return None;
-        }
-        let port = u16::from_str_radix(local.rsplit_once(':')?.1, 16).ok()?;
-        Some((inode.parse().ok()?, port))
-    })
+/// What a `/proc/net/tcp` line (`sl local rem st ... uid timeout inode`) says.
+enum TableLine {
+    Listening { inode: u64, port: u16 },
+    OtherState,
+    Malformed,
+}
+
+fn table_line(line: &str) -> TableLine {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (Some(local), Some(state), Some(inode)) = (fields.get(1), fields.get(3), fields.get(9))
+    else {
+        return TableLine::Malformed;
+    };
+    if *state != LISTEN {
+        return TableLine::OtherState;
+    }
+    let port = local
+        .rsplit_once(':')
+        .and_then(|(_, port)| u16::from_str_radix(port, 16).ok());
+    match (port, inode.parse()) {
+        (Some(port), Ok(inode)) => TableLine::Listening { inode, port },
+        _ => TableLine::Malformed,
+    }
+}
+
+/// The listening sockets of a table's lines (its header first), up to the
+/// first socket in another state; malformed lines are skipped.
+fn listening_sockets(lines: impl Iterator<Item = impl AsRef<str>>) -> Vec<(u64, u16)> {
+    lines
+        .skip(1)
+        .map(|line| table_line(line.as_ref()))
+        .take_while(|line| !matches!(line, TableLine::OtherState))
+        .filter_map(|line| match line {
+            TableLine::Listening { inode, port } => Some((inode, port)),
+            TableLine::OtherState | TableLine::Malformed => None,
+        })
+        .collect()
 }
 
 /// The processes of this network namespace listening on any of `ports`,
@@ -149,8 +161,11 @@ fn listening_sockets(text: &str) -> impl Iterator<Item = (u64, u16)> + '_ {
 pub fn listeners_on(ports: &BTreeSet<u16>) -> HashMap<u32, BTreeSet<u16>> {
     let mut wanted = HashMap::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let text = listeners_in(table);
-        wanted.extend(listening_sockets(&text).filter(|(_, port)| ports.contains(port)));
+        wanted.extend(
+            listeners_in(table)
+                .into_iter()
+                .filter(|(_, port)| ports.contains(port)),
+        );
     }
     let mut listeners: HashMap<u32, BTreeSet<u16>> = HashMap::new();
     if wanted.is_empty() {
@@ -178,12 +193,14 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         // A connection lists after the listeners: the read stops before it.
-        let _connection = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let text = listeners_in("/proc/net/tcp");
+        let connection = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let connection_port = connection.local_addr().unwrap().port();
+        let listeners = listeners_in("/proc/net/tcp");
+        assert!(listeners.iter().any(|(_, listening)| *listening == port));
         assert!(
-            text.lines()
-                .skip(1)
-                .all(|line| line.split_whitespace().nth(3) == Some(LISTEN))
+            listeners
+                .iter()
+                .all(|(_, listening)| *listening != connection_port)
         );
         assert!(listening_ports(&BTreeSet::from([me])).contains(&port));
         let listeners = listeners_on(&BTreeSet::from([port]));
@@ -193,8 +210,24 @@ mod tests {
     #[test]
     fn parses_a_tcp_table() {
         let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1 0 100 0 0 10 0\n   1: 0100007F:1F91 0100007F:A000 01 00000000:00000000 00:00000000 00000000     0        0 12346 1 0 100 0 0 10 0\n";
-        let inodes = HashSet::from([12345, 12346]);
-        assert_eq!(listening_in_table(text, &inodes), vec![8080]);
-        assert!(listening_in_table(text, &HashSet::new()).is_empty());
+        assert_eq!(listening_sockets(text.lines()), vec![(12345, 8080)]);
+        let malformed_first = format!(
+            "{}garbage\n{}",
+            &text[..text.find('\n').unwrap() + 1],
+            &text[text.find('\n').unwrap() + 1..]
+        );
+        assert_eq!(
+            listening_sockets(malformed_first.lines()),
+            vec![(12345, 8080)],
+            "a malformed line is skipped, not the end"
+        );
+        let listener_after_a_connection = format!(
+            "{text}   2: 0100007F:1F92 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12347 1 0 100 0 0 10 0\n"
+        );
+        assert_eq!(
+            listening_sockets(listener_after_a_connection.lines()),
+            vec![(12345, 8080)],
+            "the read stops at the first socket in another state"
+        );
     }
 }
