@@ -405,11 +405,15 @@ mod tests {
     fn span(method: &str, path: &str, status: u16) -> CompletedRequest {
         CompletedRequest {
             tgid: 1,
+            side: tracer::events::Side::Server,
+            ids: tracer::trace_context::SpanIds::root(),
+            response_cut_short: false,
             request: RequestHead {
                 method: method.into(),
                 path: path.into(),
                 minor_version: 1,
                 head_len: 0,
+                host: None,
             },
             status,
             start_ns: 0,

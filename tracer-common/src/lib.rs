@@ -134,7 +134,19 @@ pub struct ConnEvent {
     /// When the kernel completed the handshake (0 if it predates the tracer).
     pub established_ns: u64,
     pub meta: ConnMeta,
+    /// [`ROLE_SERVER`] or [`ROLE_CLIENT`] ([`ROLE_UNKNOWN`] in a close of a
+    /// connection that never carried a message).
+    pub role: u8,
+    pub _pad: [u8; 7],
 }
+
+/// Which end of a connection the traced process is ([`ConnState::role`]):
+/// the server, when the socket's local port is one the traced tree listens
+/// on or its first message was read; the client otherwise (it `connect()`ed
+/// and wrote the first message).
+pub const ROLE_UNKNOWN: u8 = 0;
+pub const ROLE_SERVER: u8 = 1;
+pub const ROLE_CLIENT: u8 = 2;
 
 /// Addresses of a connection, as `inet_sock_set_state` reported them.
 #[repr(C)]
@@ -206,7 +218,9 @@ pub struct ConnState {
     pub recv_line_start: u8,
     /// Number of the next data record ([`DataEvent::seq`]).
     pub next_seq: u32,
-    pub _pad2: u32,
+    /// [`ROLE_UNKNOWN`] until the first message starts.
+    pub role: u8,
+    pub _pad2: [u8; 3],
     pub meta: ConnMeta,
 }
 
@@ -221,7 +235,8 @@ impl ConnState {
             is_http: 0,
             recv_line_start: 0,
             next_seq: 0,
-            _pad2: 0,
+            role: ROLE_UNKNOWN,
+            _pad2: [0; 3],
             meta,
         }
     }
@@ -412,7 +427,7 @@ const _: () = {
     assert!(core::mem::size_of::<EventHeader>() == 16);
     assert!(core::mem::size_of::<DataEvent>() == 16 + 8 + 4 + 4 + 4 + 4 + 4 + 4 + CAPTURE_LEN);
     assert!(core::mem::size_of::<ConnMeta>() == 24);
-    assert!(core::mem::size_of::<ConnEvent>() == 56);
+    assert!(core::mem::size_of::<ConnEvent>() == 64);
     assert!(core::mem::size_of::<TaskEvent>() == 24);
     assert!(core::mem::size_of::<ListenEvent>() == 24);
     assert!(core::mem::size_of::<HeaderEvent>() == 32 + header_capture::VALUE_LEN);

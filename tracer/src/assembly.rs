@@ -11,14 +11,25 @@
 //! `--capture-header` values come just before the data record of the read
 //! they were found in, and go to the request whose head that read holds
 //! (the first one, when it holds several pipelined heads).
-use std::collections::{HashMap, VecDeque};
+//!
+//! A connection's traced process is its server or its client (the kernel
+//! says which): a server reads requests and writes responses, a client
+//! writes requests (its calls, from their first byte written to the last
+//! response byte read) and reads responses. Both are assembled alike; their
+//! place in a trace comes from [`TraceContext`].
+use std::{
+    collections::{HashMap, VecDeque},
+    rc::Rc,
+    sync::Arc,
+};
 
 use tracer_common::ConnMeta;
 
 use crate::{
-    events::{Data, Direction, Event, Header},
+    events::{Data, Direction, Event, Header, Side},
     http::{self, Parsed, RequestHead, ResponseHead},
     inflight::{InFlight, InFlightKey, InFlightLedger},
+    trace_context::{CallKey, SpanContext, SpanIds, TraceContext, TraceParent},
 };
 
 /// A request head that grows past this without ending is not HTTP we follow.
@@ -30,9 +41,14 @@ const MAX_HEADER_VALUES: usize = 64;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompletedRequest {
     pub tgid: u32,
+    /// A request the process served, or a call it made.
+    pub side: Side,
+    pub ids: SpanIds,
     pub request: RequestHead,
     pub status: u16,
-    /// Monotonic nanoseconds, as the kernel stamps them.
+    /// Monotonic nanoseconds, as the kernel stamps them. A call starts at
+    /// its first byte written (`first_read_ns` is the same) and ends at
+    /// its last response byte read.
     pub start_ns: u64,
     pub first_read_ns: u64,
     pub end_ns: u64,
@@ -41,6 +57,8 @@ pub struct CompletedRequest {
     pub response_bytes: u64,
     /// Of those, the body's (`http.server.response.body.size`), when known.
     pub response_body_bytes: Option<u64>,
+    /// The connection ended before the response's declared length.
+    pub response_cut_short: bool,
     /// The request headers named by `--capture-header`, in the order they
     /// came: lowercase name and value, as the kernel copied them.
     pub captured_headers: Vec<(String, String)>,
@@ -62,23 +80,48 @@ pub struct AssemblyCounters {
     pub header_values_lost: u64,
     /// Captured header values the kernel cut (and sent so).
     pub header_values_truncated: u64,
+    /// Incoming `traceparent` headers that were malformed, all-zero or
+    /// repeated: their requests started a trace of their own.
+    pub traceparent_invalid: u64,
 }
 
 #[derive(Default)]
 pub struct Assembler {
     connections: HashMap<u64, Connection>,
     keep_query: bool,
-    /// `--capture-header` names, by the index the kernel's records carry.
-    capture_names: Vec<String>,
+    names: CaptureNames,
     pub counters: AssemblyCounters,
     in_flight: InFlightLedger,
+    trace: TraceContext,
+}
+
+/// The names of the captured header values, by the index the kernel's
+/// records carry: first those the user asked for (`--capture-header`, the
+/// spans' attributes), then the trace context's if the user did not.
+#[derive(Default)]
+struct CaptureNames {
+    names: Vec<String>,
+    exported: usize,
+    traceparent: Option<usize>,
+    tracestate: Option<usize>,
+}
+
+/// What every connection's assembly shares.
+struct Shared<'a> {
+    keep_query: bool,
+    names: &'a CaptureNames,
+    counters: &'a mut AssemblyCounters,
+    trace: &'a mut TraceContext,
 }
 
 struct Connection {
     tgid: u32,
+    /// Until the kernel says, or the first message shows.
+    side: Option<Side>,
     established_ns: Option<u64>,
     meta: Option<ConnMeta>,
-    /// Request bytes that do not yet form a complete head.
+    /// Request bytes (read by a server, written by a client) that do not
+    /// yet form a complete head.
     inbound: Vec<u8>,
     inbound_first_ns: u64,
     exchanges: VecDeque<Exchange>,
@@ -91,13 +134,19 @@ struct Connection {
     /// Captured header values waiting for the data record of their read.
     pending_headers: Vec<PendingHeader>,
     /// Captured header values of the head being gathered in `inbound`.
-    head_headers: Vec<(String, String)>,
+    head_headers: Vec<CapturedValue>,
 }
 
 struct PendingHeader {
     seq: u32,
-    name: String,
+    value: CapturedValue,
+}
+
+struct CapturedValue {
+    /// Index in [`CaptureNames::names`].
+    name: usize,
     value: String,
+    truncated: bool,
 }
 
 struct Exchange {
@@ -108,9 +157,11 @@ struct Exchange {
     response: Option<ResponseHead>,
     response_bytes: u64,
     last_write_ns: u64,
-    /// Counts the request in flight until the exchange goes, however it goes.
-    _in_flight: InFlight,
+    /// Counts a served request in flight until the exchange goes, however
+    /// it goes.
+    _in_flight: Option<InFlight>,
     captured_headers: Vec<(String, String)>,
+    context: Rc<SpanContext>,
 }
 
 impl Exchange {
@@ -129,9 +180,17 @@ impl Assembler {
         }
     }
 
-    /// Gives captured header values the names `names`, by index.
-    pub fn capturing(mut self, names: Vec<String>) -> Self {
-        self.capture_names = names;
+    /// Gives captured header values the names `names`, by index: the
+    /// first `exported` are the spans' attributes, the others serve the
+    /// trace context only (`traceparent`, `tracestate`).
+    pub fn capturing(mut self, names: Vec<String>, exported: usize) -> Self {
+        let index = |wanted: &str| names.iter().position(|name| name == wanted);
+        self.names = CaptureNames {
+            traceparent: index("traceparent"),
+            tracestate: index("tracestate"),
+            exported: exported.min(names.len()),
+            names,
+        };
         self
     }
 
@@ -153,6 +212,7 @@ impl Assembler {
                 timestamp_ns,
                 established_ns,
                 meta,
+                side,
             } => {
                 if let Some(old) = self.connections.remove(sock) {
                     self.finish_connection(old, done);
@@ -161,6 +221,7 @@ impl Assembler {
                 // not forget it (and its addresses and handshake time).
                 let connection = Connection::new(
                     *tgid,
+                    *side,
                     *established_ns,
                     Some(*meta).filter(|m| m.family != 0),
                     *timestamp_ns,
@@ -183,35 +244,50 @@ impl Assembler {
     }
 
     fn handle_data(&mut self, data: &Data<'_>, done: &mut Vec<CompletedRequest>) {
-        let keep_query = self.keep_query;
         let in_flight = &self.in_flight;
         let connection = self.connections.entry(data.sock).or_insert_with(|| {
-            Connection::new(data.tgid, None, None, data.timestamp_ns, in_flight)
+            Connection::new(data.tgid, None, None, None, data.timestamp_ns, in_flight)
         });
         connection.last_activity_ns = data.timestamp_ns;
         if data.seq != connection.next_seq {
             connection.forget_pending(&mut self.counters);
         }
         connection.next_seq = data.seq.wrapping_add(1);
+        // Without the kernel's word (its opening was lost), the first
+        // message shows which end this is: a server reads first.
+        let side = match connection.side {
+            Some(side) => side,
+            None if data.payload.is_empty() => Side::Server,
+            None => *connection.side.insert(match data.direction {
+                Direction::Recv => Side::Server,
+                Direction::Send => Side::Client,
+            }),
+        };
+        let is_request = data.direction == side.request_direction();
         // The values found in this read; any other pending ones lost theirs.
         let (headers, lost): (Vec<_>, Vec<_>) = std::mem::take(&mut connection.pending_headers)
             .into_iter()
-            .partition(|header| header.seq == data.seq && data.direction == Direction::Recv);
+            .partition(|header| header.seq == data.seq && is_request && side == Side::Server);
         self.counters.header_values_lost += lost.len() as u64;
-        match data.direction {
-            Direction::Recv => {
-                let headers = headers.into_iter().map(|h| (h.name, h.value)).collect();
-                connection.on_request_bytes(data, headers, keep_query, &mut self.counters, done)
-            }
-            Direction::Send => connection.on_response_bytes(data, &mut self.counters, done),
+        let mut shared = Shared {
+            keep_query: self.keep_query,
+            names: &self.names,
+            counters: &mut self.counters,
+            trace: &mut self.trace,
+        };
+        if is_request {
+            let headers = headers.into_iter().map(|h| h.value).collect();
+            connection.on_request_bytes(data, headers, &mut shared, done);
+        } else {
+            connection.on_response_bytes(data, shared.counters, done);
         }
     }
 
     fn handle_header(&mut self, header: &Header<'_>) {
-        let Some(name) = self.capture_names.get(header.name) else {
+        if header.name >= self.names.names.len() {
             self.counters.header_values_lost += 1;
             return;
-        };
+        }
         // The kernel sends a connection's opening before its first values:
         // without one (lost, or the connection was forgotten) no request
         // of this read can be followed, so its values are lost here.
@@ -226,8 +302,11 @@ impl Assembler {
         self.counters.header_values_truncated += u64::from(header.truncated);
         connection.pending_headers.push(PendingHeader {
             seq: header.seq,
-            name: name.clone(),
-            value: String::from_utf8_lossy(header.value).into_owned(),
+            value: CapturedValue {
+                name: header.name,
+                value: String::from_utf8_lossy(header.value).into_owned(),
+                truncated: header.truncated,
+            },
         });
     }
 
@@ -255,6 +334,7 @@ impl Assembler {
                 connection.finish_answered(done);
             }
         }
+        self.trace.sweep();
     }
 
     /// Finishes every connection, at shutdown.
@@ -276,6 +356,7 @@ impl Assembler {
 impl Connection {
     fn new(
         tgid: u32,
+        side: Option<Side>,
         established_ns: Option<u64>,
         meta: Option<ConnMeta>,
         now_ns: u64,
@@ -283,6 +364,7 @@ impl Connection {
     ) -> Self {
         Self {
             tgid,
+            side,
             established_ns,
             meta,
             inbound: Vec::new(),
@@ -307,21 +389,20 @@ impl Connection {
         self.head_headers.clear();
     }
 
-    /// A read of request bytes, with the header values found in it.
+    /// Request bytes, with the header values found in them.
     fn on_request_bytes(
         &mut self,
         data: &Data<'_>,
-        headers: Vec<(String, String)>,
-        keep_query: bool,
-        counters: &mut AssemblyCounters,
+        headers: Vec<CapturedValue>,
+        shared: &mut Shared<'_>,
         done: &mut Vec<CompletedRequest>,
     ) {
         if data.payload.is_empty() {
-            counters.header_values_lost += headers.len() as u64;
+            shared.counters.header_values_lost += headers.len() as u64;
             return;
         }
         let room = MAX_HEADER_VALUES.saturating_sub(self.head_headers.len());
-        counters.header_values_lost += headers.len().saturating_sub(room) as u64;
+        shared.counters.header_values_lost += headers.len().saturating_sub(room) as u64;
         self.head_headers.extend(headers.into_iter().take(room));
         // A new request ends a response of unknown length still being written.
         self.finish_answered(done);
@@ -332,13 +413,13 @@ impl Connection {
         let cut_short = (data.bytes as usize) > data.payload.len();
         // Pipelined requests: one read may hold several heads.
         while !self.inbound.is_empty() {
-            let (head, consumed) = match http::parse_request(&self.inbound, keep_query) {
+            let (head, consumed) = match http::parse_request(&self.inbound, shared.keep_query) {
                 Parsed::Complete(head) => {
                     let consumed = head.head_len;
                     (Some(head), consumed)
                 }
                 Parsed::Partial if cut_short => (
-                    http::parse_request_line(&self.inbound, keep_query),
+                    http::parse_request_line(&self.inbound, shared.keep_query),
                     self.inbound.len(),
                 ),
                 Parsed::Partial if self.inbound.len() <= MAX_HEAD_BYTES => return,
@@ -348,16 +429,23 @@ impl Connection {
             let first_read_ns = self.inbound_first_ns;
             self.inbound_first_ns = data.timestamp_ns;
             match head {
-                Some(request) => self.start_exchange(request, first_read_ns),
+                Some(request) => self.start_exchange(request, first_read_ns, data.tid, shared),
                 None => {
-                    counters.unparseable_requests += 1;
+                    shared.counters.unparseable_requests += 1;
                     self.head_headers.clear();
                 }
             }
         }
     }
 
-    fn start_exchange(&mut self, request: RequestHead, first_read_ns: u64) {
+    /// A request whose head is complete, the last of it moved by `tid`.
+    fn start_exchange(
+        &mut self,
+        request: RequestHead,
+        first_read_ns: u64,
+        tid: u32,
+        shared: &mut Shared<'_>,
+    ) {
         let start_ns = match self.established_ns {
             Some(established) if self.requests_seen == 0 && established <= first_read_ns => {
                 established
@@ -365,11 +453,29 @@ impl Connection {
             _ => first_read_ns,
         };
         self.requests_seen += 1;
-        let in_flight = self.in_flight.enter(InFlightKey {
-            tgid: self.tgid,
-            server_port: self.meta.map_or(0, |meta| meta.local_port),
-            method: http::method_attribute(&request.method),
-        });
+        let values = std::mem::take(&mut self.head_headers);
+        let (context, in_flight) = match self.side {
+            Some(Side::Client) => {
+                let key = self.meta.map(|meta| (meta.local_port, meta.peer_port));
+                (shared.trace.call(tid, key), None)
+            }
+            Some(Side::Server) | None => {
+                let key: Option<CallKey> = self.meta.map(|meta| (meta.peer_port, meta.local_port));
+                let incoming = incoming_context(&values, shared);
+                let in_flight = self.in_flight.enter(InFlightKey {
+                    tgid: self.tgid,
+                    server_port: self.meta.map_or(0, |meta| meta.local_port),
+                    method: http::method_attribute(&request.method),
+                });
+                (shared.trace.serve(tid, incoming, key), Some(in_flight))
+            }
+        };
+        let names = shared.names;
+        let captured_headers = values
+            .into_iter()
+            .filter(|value| value.name < names.exported)
+            .map(|value| (names.names[value.name].clone(), value.value))
+            .collect();
         self.exchanges.push_back(Exchange {
             request,
             start_ns,
@@ -379,7 +485,8 @@ impl Connection {
             response_bytes: 0,
             last_write_ns: first_read_ns,
             _in_flight: in_flight,
-            captured_headers: std::mem::take(&mut self.head_headers),
+            captured_headers,
+            context,
         });
     }
 
@@ -394,6 +501,7 @@ impl Connection {
             return;
         };
         if exchange.response.is_none() {
+            exchange.context.stop_serving();
             exchange.outbound.extend_from_slice(data.payload);
             let cut_short = (data.bytes as usize) > data.payload.len();
             let parsed = match http::parse_response(&exchange.outbound, &exchange.request.method) {
@@ -451,6 +559,8 @@ impl Connection {
         };
         done.push(CompletedRequest {
             tgid: self.tgid,
+            side: self.side.unwrap_or(Side::Server),
+            ids: exchange.context.ids(),
             request: exchange.request,
             status: response.status,
             start_ns: exchange.start_ns,
@@ -459,9 +569,44 @@ impl Connection {
             meta: self.meta,
             response_bytes: exchange.response_bytes,
             response_body_bytes: response.body_len(exchange.response_bytes),
+            response_cut_short: response
+                .total_len()
+                .is_some_and(|total| exchange.response_bytes < total),
             captured_headers: exchange.captured_headers,
         });
     }
+}
+
+/// The trace context a request's head came with: one valid `traceparent`
+/// (and its `tracestate`, if whole), or nothing, counted when it was there
+/// but unusable.
+fn incoming_context(
+    values: &[CapturedValue],
+    shared: &mut Shared<'_>,
+) -> Option<(TraceParent, Option<Arc<str>>)> {
+    let named = |index: Option<usize>| {
+        values
+            .iter()
+            .filter(move |value| index.is_some_and(|index| value.name == index))
+    };
+    let mut parents = named(shared.names.traceparent);
+    let first = parents.next()?;
+    let parent = match (TraceParent::parse(&first.value), parents.next()) {
+        (Some(parent), None) if !first.truncated => parent,
+        _ => {
+            shared.counters.traceparent_invalid += 1;
+            return None;
+        }
+    };
+    // A cut or repeated list could lose or reorder its vendors' entries.
+    let mut states = named(shared.names.tracestate);
+    let state = match (states.next(), states.next()) {
+        (Some(state), None) if !state.truncated && !state.value.is_empty() => {
+            Some(Arc::from(state.value.as_str()))
+        }
+        _ => None,
+    };
+    Some((parent, state))
 }
 
 #[cfg(test)]
@@ -519,6 +664,7 @@ mod tests {
             timestamp_ns: established_ns.unwrap_or(0),
             established_ns,
             meta,
+            side: Some(Side::Server),
         };
         assembler.seq = 0;
         assembler.handle(&event, &mut Vec::new());
@@ -535,6 +681,7 @@ mod tests {
         let mut done = Vec::new();
         let data = Data {
             tgid: 9,
+            tid: 9,
             timestamp_ns: at,
             sock: SOCK,
             direction,
@@ -577,7 +724,7 @@ mod tests {
     fn capturing() -> Feed {
         let mut feed = Feed::new(false);
         feed.assembler =
-            Assembler::new(false).capturing(vec!["x-tenant".into(), "user-agent".into()]);
+            Assembler::new(false).capturing(vec!["x-tenant".into(), "user-agent".into()], 2);
         feed
     }
 
@@ -962,6 +1109,262 @@ mod tests {
         let done = response_head(&mut assembler, 4, OK);
         assert_eq!(captured(&done), [vec![]]);
         assert_eq!(assembler.counters.header_values_lost, 2);
+    }
+
+    /// Connections of several sides and threads, fed by hand.
+    struct Host {
+        assembler: Assembler,
+        seqs: HashMap<u64, u32>,
+        done: Vec<CompletedRequest>,
+    }
+
+    impl Host {
+        fn new() -> Self {
+            let names = vec!["traceparent".into(), "tracestate".into()];
+            Self {
+                assembler: Assembler::new(false).capturing(names, 0),
+                seqs: HashMap::new(),
+                done: Vec::new(),
+            }
+        }
+
+        /// A connection of `side` between local and peer ports.
+        fn open(&mut self, sock: u64, side: Side, (local_port, peer_port): (u16, u16)) {
+            let meta = ConnMeta {
+                family: tracer_common::AF_INET,
+                local_port,
+                peer_port,
+                _pad: 0,
+                peer_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            };
+            let event = Event::ConnOpen {
+                tgid: 9,
+                sock,
+                timestamp_ns: 0,
+                established_ns: None,
+                meta,
+                side: Some(side),
+            };
+            self.assembler.handle(&event, &mut self.done);
+        }
+
+        fn io(&mut self, sock: u64, tid: u32, direction: Direction, at: u64, bytes: &[u8]) {
+            let seq = self.seqs.entry(sock).or_default();
+            let head = bytes.starts_with(b"GET") || bytes.starts_with(b"HTTP");
+            let data = Data {
+                tgid: 9,
+                tid,
+                timestamp_ns: at,
+                sock,
+                direction,
+                bytes: bytes.len() as u32,
+                payload: if head { bytes } else { &[] },
+                seq: *seq,
+            };
+            *seq += 1;
+            self.assembler.handle(&Event::Data(data), &mut self.done);
+        }
+
+        fn header(&mut self, sock: u64, name: usize, value: &str) {
+            let header = Header {
+                tgid: 9,
+                timestamp_ns: 0,
+                sock,
+                seq: self.seqs.get(&sock).copied().unwrap_or(0),
+                name,
+                value: value.as_bytes(),
+                truncated: false,
+            };
+            self.assembler
+                .handle(&Event::Header(header), &mut self.done);
+        }
+
+        fn close(&mut self, sock: u64) {
+            let event = Event::ConnClose {
+                sock,
+                timestamp_ns: 0,
+            };
+            self.assembler.handle(&event, &mut self.done);
+        }
+    }
+
+    const SERVED: u64 = 1;
+    const CALL: u64 = 2;
+    const CALLEE: u64 = 3;
+
+    #[test]
+    fn a_call_runs_from_its_first_byte_written_to_its_last_read() {
+        let mut host = Host::new();
+        host.open(CALL, Side::Client, (40000, 8001));
+        host.io(
+            CALL,
+            5,
+            Direction::Send,
+            10,
+            b"GET /x?q=1 HTTP/1.1\r\nHost: b:8001\r\n\r\n",
+        );
+        host.io(
+            CALL,
+            5,
+            Direction::Recv,
+            20,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+        );
+        assert!(host.done.is_empty());
+        host.io(CALL, 5, Direction::Recv, 30, b"hello");
+        let [call] = &host.done[..] else {
+            panic!("one call: {:?}", host.done);
+        };
+        assert_eq!(call.side, Side::Client);
+        assert_eq!((call.start_ns, call.end_ns), (10, 30));
+        assert_eq!(call.request.path, "/x");
+        assert_eq!(call.request.host.as_deref(), Some("b:8001"));
+        assert!(!call.response_cut_short);
+        assert_eq!(call.ids.parent_span_id, None, "made outside any request");
+        let in_flight = host.assembler.in_flight_since(&mut 0).unwrap_or_default();
+        assert!(
+            in_flight.iter().all(|(_, count)| *count == 0),
+            "calls are not served requests"
+        );
+    }
+
+    #[test]
+    fn a_call_cut_short_by_its_connection_says_so() {
+        let mut host = Host::new();
+        host.open(CALL, Side::Client, (40000, 8001));
+        host.io(CALL, 5, Direction::Send, 10, b"GET /x HTTP/1.1\r\n\r\n");
+        host.io(
+            CALL,
+            5,
+            Direction::Recv,
+            20,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n",
+        );
+        host.io(CALL, 5, Direction::Recv, 30, b"0123456789");
+        host.close(CALL);
+        let [call] = &host.done[..] else {
+            panic!("one call: {:?}", host.done);
+        };
+        assert!(call.response_cut_short);
+        assert_eq!(call.end_ns, 30);
+    }
+
+    #[test]
+    fn calls_hang_under_the_request_their_thread_serves_and_their_callee_under_them() {
+        let mut host = Host::new();
+        host.open(SERVED, Side::Server, (8000, 50000));
+        host.io(
+            SERVED,
+            7,
+            Direction::Recv,
+            1,
+            b"GET /chain HTTP/1.1\r\n\r\n",
+        );
+        host.open(CALL, Side::Client, (40000, 8001));
+        host.io(CALL, 7, Direction::Send, 2, b"GET /light HTTP/1.1\r\n\r\n");
+        // The callee, traced too, on the same connection's other end.
+        host.open(CALLEE, Side::Server, (8001, 40000));
+        host.io(
+            CALLEE,
+            8,
+            Direction::Recv,
+            3,
+            b"GET /light HTTP/1.1\r\n\r\n",
+        );
+        host.io(
+            CALLEE,
+            8,
+            Direction::Send,
+            4,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        );
+        host.io(
+            CALL,
+            7,
+            Direction::Recv,
+            5,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        );
+        host.io(
+            SERVED,
+            7,
+            Direction::Send,
+            6,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        );
+        let [callee, call, served] = &host.done[..] else {
+            panic!("three spans: {:?}", host.done);
+        };
+        assert_eq!(call.ids.parent_span_id, Some(served.ids.span_id));
+        assert_eq!(callee.ids.parent_span_id, Some(call.ids.span_id));
+        assert_eq!(served.ids.parent_span_id, None);
+        for span in [call, callee] {
+            assert_eq!(span.ids.trace_id, served.ids.trace_id);
+        }
+        // The response started: a later call of that thread is no child.
+        host.open(CALL + 10, Side::Client, (40001, 9000));
+        host.io(
+            CALL + 10,
+            7,
+            Direction::Send,
+            7,
+            b"GET /late HTTP/1.1\r\n\r\n",
+        );
+        host.io(
+            CALL + 10,
+            7,
+            Direction::Recv,
+            8,
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+        );
+        assert_eq!(host.done[3].ids.parent_span_id, None);
+    }
+
+    #[test]
+    fn an_incoming_traceparent_is_the_parent_and_a_bad_one_is_counted() {
+        let mut host = Host::new();
+        host.open(SERVED, Side::Server, (8000, 50000));
+        let trace = "0af7651916cd43dd8448eb211c80319c";
+        host.header(SERVED, 0, &format!("00-{trace}-b7ad6b7169203331-01"));
+        host.header(SERVED, 1, "k=v");
+        host.io(SERVED, 7, Direction::Recv, 1, b"GET /a HTTP/1.1\r\n\r\n");
+        host.io(
+            SERVED,
+            7,
+            Direction::Send,
+            2,
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+        );
+        host.header(SERVED, 0, "00-xyz");
+        host.io(SERVED, 7, Direction::Recv, 3, b"GET /b HTTP/1.1\r\n\r\n");
+        host.io(
+            SERVED,
+            7,
+            Direction::Send,
+            4,
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+        );
+        let [joined, fresh] = &host.done[..] else {
+            panic!("two spans: {:?}", host.done);
+        };
+        let hex: String = joined
+            .ids
+            .trace_id
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(hex, trace);
+        assert_eq!(
+            joined.ids.parent_span_id,
+            Some([0xb7, 0xad, 0x6b, 0x71, 0x69, 0x20, 0x33, 0x31])
+        );
+        assert_eq!(joined.ids.trace_state.as_deref(), Some("k=v"));
+        assert!(
+            joined.captured_headers.is_empty(),
+            "not asked for: no attribute"
+        );
+        assert_eq!(fresh.ids.parent_span_id, None);
+        assert_eq!(host.assembler.counters.traceparent_invalid, 1);
     }
 
     fn exchange_bytes(path: &str) -> (Vec<u8>, Vec<u8>) {

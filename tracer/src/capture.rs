@@ -2,6 +2,9 @@
 //! Names are checked here, once, kept lowercase and in the order given; a
 //! value's record carries the index of its name in this list, never the
 //! name, so what a span calls a header is always the daemon's own word.
+//! The trace context's headers (`traceparent`, `tracestate`) follow the
+//! user's names unless tracing them is off: they join the caller's trace
+//! and are no span's attribute unless named.
 use std::str::FromStr;
 
 use tracer_common::header_capture::{CaptureNames, MAX_NAME_LEN, MAX_NAMES, is_header_name};
@@ -13,9 +16,9 @@ pub enum CaptureHeaderError {
     )]
     Name(String),
     #[error(
-        "--capture-header: {0} header names, at most {MAX_NAMES} (with the config file's capture_headers)"
+        "--capture-header: {0} header names, at most {1} (with the config file's capture_headers; {MAX_NAMES} with --no-trace-context)"
     )]
-    TooMany(usize),
+    TooMany(usize, usize),
 }
 
 /// One `--capture-header` value, checked and lowercased.
@@ -34,10 +37,15 @@ impl FromStr for HeaderName {
     }
 }
 
+/// The headers of W3C Trace Context, read to join an incoming trace.
+pub const TRACE_CONTEXT: [&str; 2] = ["traceparent", "tracestate"];
+
 /// The names to capture, and the kernel's patterns of them.
 #[derive(Clone, Debug)]
 pub struct CaptureHeaders {
     names: Vec<String>,
+    /// How many of `names` the user gave (the spans' attributes).
+    exported: usize,
     kernel: CaptureNames,
 }
 
@@ -45,24 +53,39 @@ impl Default for CaptureHeaders {
     fn default() -> Self {
         Self {
             names: Vec::new(),
+            exported: 0,
             kernel: CaptureNames::NONE,
         }
     }
 }
 
 impl CaptureHeaders {
-    /// `names` in order, a name given twice kept once.
-    pub fn new(names: impl IntoIterator<Item = HeaderName>) -> Result<Self, CaptureHeaderError> {
+    /// `names` in order, a name given twice kept once, then the trace
+    /// context's when `trace_context` (and not given).
+    pub fn new(
+        names: impl IntoIterator<Item = HeaderName>,
+        trace_context: bool,
+    ) -> Result<Self, CaptureHeaderError> {
         let mut unique: Vec<String> = Vec::new();
         for HeaderName(name) in names {
             if !unique.contains(&name) {
                 unique.push(name);
             }
         }
+        let exported = unique.len();
+        let context: Vec<String> = TRACE_CONTEXT
+            .iter()
+            .filter(|name| trace_context && !unique.iter().any(|given| given == *name))
+            .map(|name| name.to_string())
+            .collect();
+        let room = MAX_NAMES - context.len();
+        unique.extend(context);
         let bytes: Vec<&[u8]> = unique.iter().map(|name| name.as_bytes()).collect();
-        let kernel = CaptureNames::new(&bytes).ok_or(CaptureHeaderError::TooMany(unique.len()))?;
+        let kernel =
+            CaptureNames::new(&bytes).ok_or(CaptureHeaderError::TooMany(exported, room))?;
         Ok(Self {
             names: unique,
+            exported,
             kernel,
         })
     }
@@ -70,6 +93,11 @@ impl CaptureHeaders {
     /// Lowercase, by the index the kernel's records carry.
     pub fn names(&self) -> &[String] {
         &self.names
+    }
+
+    /// How many of [`Self::names`], from the first, go on the spans.
+    pub fn exported(&self) -> usize {
+        self.exported
     }
 
     /// What the programs are loaded with (no names: capture off).
@@ -83,8 +111,12 @@ mod tests {
     use super::*;
 
     fn names(texts: &[&str]) -> Result<CaptureHeaders, CaptureHeaderError> {
+        with_context(texts, false)
+    }
+
+    fn with_context(texts: &[&str], context: bool) -> Result<CaptureHeaders, CaptureHeaderError> {
         let parsed: Result<Vec<HeaderName>, _> = texts.iter().map(|text| text.parse()).collect();
-        CaptureHeaders::new(parsed?)
+        CaptureHeaders::new(parsed?, context)
     }
 
     #[test]
@@ -101,7 +133,26 @@ mod tests {
         }
         let nine: Vec<String> = (0..9).map(|i| format!("x-{i}")).collect();
         let nine: Vec<&str> = nine.iter().map(String::as_str).collect();
-        assert!(matches!(names(&nine), Err(CaptureHeaderError::TooMany(9))));
+        assert!(matches!(
+            names(&nine),
+            Err(CaptureHeaderError::TooMany(9, 8))
+        ));
         assert!(names(&nine[..8]).is_ok());
+    }
+
+    #[test]
+    fn the_trace_context_follows_the_users_names_and_is_not_exported() {
+        let capture = with_context(&["x-a"], true).unwrap();
+        assert_eq!(capture.names(), ["x-a", "traceparent", "tracestate"]);
+        assert_eq!(capture.exported(), 1);
+        let capture = with_context(&["TraceParent"], true).unwrap();
+        assert_eq!(capture.names(), ["traceparent", "tracestate"]);
+        assert_eq!(capture.exported(), 1, "named, it is exported too");
+        assert_eq!(with_context(&[], false).unwrap().kernel().count, 0);
+        let seven = ["a", "b", "c", "d", "e", "f", "g"];
+        assert!(matches!(
+            with_context(&seven, true),
+            Err(CaptureHeaderError::TooMany(7, 6))
+        ));
     }
 }

@@ -108,6 +108,11 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub capture_headers: Vec<HeaderName>,
+    /// Do not read incoming W3C `traceparent`/`tracestate` headers: every
+    /// served request starts a trace of its own, and the kernel scans no
+    /// request head for them.
+    #[arg(long, env = "TRACER_NO_TRACE_CONTEXT")]
+    pub no_trace_context: bool,
     /// Kernel hook set: auto picks the cheapest this kernel accepts
     /// (fentry, then tracepoints, then kprobes).
     #[arg(long, env = "TRACER_PROBES", value_enum, default_value = "auto")]
@@ -242,7 +247,7 @@ impl Args {
             services.extend(file.services);
             capture_headers.extend(file.capture_headers);
         }
-        let capture_headers = CaptureHeaders::new(capture_headers)?;
+        let capture_headers = CaptureHeaders::new(capture_headers, !self.no_trace_context)?;
         if services.is_empty() {
             return Err(ConfigError::NothingToTrace);
         }
@@ -423,7 +428,10 @@ mod tests {
             parse(&[&["--pid", "1"], args].concat())
                 .map_err(|err| err.to_string())
                 .and_then(|args| args.into_config().map_err(|err| err.to_string()))
-                .map(|config| config.capture_headers.names().to_vec())
+                .map(|config| {
+                    let capture = config.capture_headers;
+                    capture.names()[..capture.exported()].to_vec()
+                })
         };
         assert_eq!(names(&[]).unwrap(), Vec::<String>::new());
         assert_eq!(
@@ -443,11 +451,13 @@ mod tests {
         );
         let too_many: Vec<String> = (0..9).map(|i| format!("--capture-header=x-{i}")).collect();
         let too_many: Vec<&str> = too_many.iter().map(String::as_str).collect();
-        let error = names(&too_many).unwrap_err();
+        let error = names(&[&too_many[..], &["--no-trace-context"]].concat()).unwrap_err();
         assert!(
             error.contains("--capture-header") && error.contains("at most 8"),
             "{error}"
         );
+        let error = names(&too_many[..7]).unwrap_err();
+        assert!(error.contains("at most 6"), "{error}");
 
         let dir = std::env::temp_dir().join(format!("tracer-cli-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

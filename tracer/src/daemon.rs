@@ -190,8 +190,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     })?;
     // Query strings are cut per service, when requests leave (see `send`).
     let keep_any_query = config.services.iter().any(|service| service.keep_query);
-    let mut assembler =
-        Assembler::new(keep_any_query).capturing(config.capture_headers.names().to_vec());
+    let mut assembler = Assembler::new(keep_any_query).capturing(
+        config.capture_headers.names().to_vec(),
+        config.capture_headers.exported(),
+    );
     let mut done = Vec::new();
     let mut sigint = signal(SignalKind::interrupt()).map_err(io("installing SIGINT handler"))?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(io("installing SIGTERM handler"))?;

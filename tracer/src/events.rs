@@ -3,7 +3,8 @@
 //! error the caller counts and skips.
 use tracer_common::{
     CAPTURE_LEN, ConnEvent, ConnMeta, DIRECTION_RECV, DIRECTION_SEND, DataEvent, EventHeader,
-    EventKind, HEADER_TRUNCATED, HeaderEvent, ListenEvent, TaskEvent, header_capture::VALUE_LEN,
+    EventKind, HEADER_TRUNCATED, HeaderEvent, ListenEvent, ROLE_CLIENT, ROLE_SERVER, TaskEvent,
+    header_capture::VALUE_LEN,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -12,9 +13,28 @@ pub enum Direction {
     Send,
 }
 
+/// Which end of its connection the traced process is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Side {
+    Server,
+    Client,
+}
+
+impl Side {
+    /// The direction of the requests' bytes on this side.
+    pub fn request_direction(self) -> Direction {
+        match self {
+            Side::Server => Direction::Recv,
+            Side::Client => Direction::Send,
+        }
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub struct Data<'a> {
     pub tgid: u32,
+    /// The thread that moved the bytes.
+    pub tid: u32,
     pub timestamp_ns: u64,
     pub sock: u64,
     pub direction: Direction,
@@ -52,6 +72,8 @@ pub enum Event<'a> {
         timestamp_ns: u64,
         established_ns: Option<u64>,
         meta: ConnMeta,
+        /// As the kernel decided it (`None`: not said).
+        side: Option<Side>,
     },
     ConnClose {
         sock: u64,
@@ -117,6 +139,7 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
             let payload_start = std::mem::offset_of!(DataEvent, payload);
             Ok(Event::Data(Data {
                 tgid: header.tgid,
+                tid: event.tid,
                 timestamp_ns: header.timestamp_ns,
                 sock: event.sock,
                 direction,
@@ -153,6 +176,11 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
                     timestamp_ns: header.timestamp_ns,
                     established_ns: (event.established_ns != 0).then_some(event.established_ns),
                     meta: event.meta,
+                    side: match event.role {
+                        ROLE_SERVER => Some(Side::Server),
+                        ROLE_CLIENT => Some(Side::Client),
+                        _ => None,
+                    },
                 }
             } else {
                 Event::ConnClose {

@@ -22,6 +22,8 @@ pub struct RequestHead {
     pub minor_version: u8,
     /// Bytes of the head, including the blank line.
     pub head_len: usize,
+    /// The `Host` header (a call's `server.address`), when captured.
+    pub host: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +122,9 @@ fn request_head(
         path: target.to_owned(),
         minor_version: request.version?,
         head_len,
+        host: header(request.headers, "host")
+            .and_then(|host| std::str::from_utf8(host).ok())
+            .map(|host| host.trim().to_owned()),
     };
     if !keep_query {
         head.strip_query();

@@ -21,3 +21,4 @@ pub mod proctree;
 pub mod stats;
 #[cfg(feature = "daemon")]
 pub mod telemetry;
+pub mod trace_context;

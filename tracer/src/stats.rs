@@ -75,11 +75,14 @@ pub enum DropReason {
     /// A captured header value cut at 128 bytes or by the end of the bytes
     /// scanned: sent, but not whole.
     HeaderValueTruncated,
+    /// An incoming `traceparent` was malformed, all-zero, cut or repeated:
+    /// its request started a trace of its own.
+    TraceparentInvalid,
 }
 
 impl DropReason {
     /// Every reason, in the order they are exported and logged.
-    pub const ALL: [DropReason; 18] = [
+    pub const ALL: [DropReason; 19] = [
         Self::RingBufferFull,
         Self::CaptureFailed,
         Self::ConnectionTableFull,
@@ -98,6 +101,7 @@ impl DropReason {
         Self::HeaderMissed,
         Self::HeaderValueLost,
         Self::HeaderValueTruncated,
+        Self::TraceparentInvalid,
     ];
 
     /// The exported `reason` attribute value.
@@ -121,6 +125,7 @@ impl DropReason {
             Self::HeaderMissed => "header_missed",
             Self::HeaderValueLost => "header_value_lost",
             Self::HeaderValueTruncated => "header_value_truncated",
+            Self::TraceparentInvalid => "traceparent_invalid",
         }
     }
 
@@ -143,7 +148,10 @@ impl DropReason {
             | Self::UnparseableResponse
             | Self::ResponseWithoutRequest
             | Self::SpansRejected => false,
-            Self::HeaderMissed | Self::HeaderValueLost | Self::HeaderValueTruncated => false,
+            Self::HeaderMissed
+            | Self::HeaderValueLost
+            | Self::HeaderValueTruncated
+            | Self::TraceparentInvalid => false,
         }
     }
 }
@@ -213,6 +221,7 @@ pub struct Stats {
     requests_lost_to_gaps: AtomicU64,
     header_values_lost: AtomicU64,
     header_values_truncated: AtomicU64,
+    traceparent_invalid: AtomicU64,
     overflows: [AtomicU64; Overflow::ALL.len()],
 }
 
@@ -238,6 +247,8 @@ impl Stats {
             .store(counters.header_values_lost, Relaxed);
         self.header_values_truncated
             .store(counters.header_values_truncated, Relaxed);
+        self.traceparent_invalid
+            .store(counters.traceparent_invalid, Relaxed);
     }
 
     /// Every loss counter with its reason, as exported and logged.
@@ -268,6 +279,7 @@ impl Stats {
             DropReason::HeaderMissed => kernel(KernelCounter::HeaderMissed),
             DropReason::HeaderValueLost => self.header_values_lost.load(Relaxed),
             DropReason::HeaderValueTruncated => self.header_values_truncated.load(Relaxed),
+            DropReason::TraceparentInvalid => self.traceparent_invalid.load(Relaxed),
         }
     }
 

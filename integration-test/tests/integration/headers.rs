@@ -309,5 +309,11 @@ fn bad_names_are_usage_errors() {
         .map(|i| format!("x-{i}"))
         .collect::<Vec<_>>()
         .join(",");
-    assert!(run(&[], Some(&nine)).contains("at most 8"));
+    assert!(run(&["--no-trace-context"], Some(&nine)).contains("at most 8"));
+    // With the trace context's two headers, six are left.
+    let seven = (0..7)
+        .map(|i| format!("x-{i}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    assert!(run(&[], Some(&seven)).contains("at most 6"));
 }

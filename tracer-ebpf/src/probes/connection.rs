@@ -63,22 +63,7 @@ fn try_on_state_change(ctx: &RawTracePointContext) -> Result<(), i32> {
         if protocol != IPPROTO_TCP {
             return Ok(());
         }
-        let family: u16 = field(sock, at.family)?;
-        let peer_port = u16::from_be(field(sock, at.peer_port)?);
-        let mut peer_addr = [0u8; 16];
-        if family == AF_INET {
-            let v4: [u8; 4] = field(sock, at.peer_addr_v4)?;
-            peer_addr[..4].copy_from_slice(&v4);
-        } else {
-            peer_addr = field(sock, at.peer_addr_v6)?;
-        }
-        let meta = ConnMeta {
-            family,
-            local_port,
-            peer_port,
-            _pad: 0,
-            peer_addr,
-        };
+        let meta = addresses(sock, field(sock, at.family)?)?;
         // SAFETY: helper without preconditions.
         let state = ConnState::new(unsafe { bpf_ktime_get_ns() }, 0, meta);
         if CONNECTIONS.insert(sock, state, 0).is_err() {
@@ -102,6 +87,28 @@ fn try_on_state_change(ctx: &RawTracePointContext) -> Result<(), i32> {
         emit_conn_event(EventKind::ConnClose, state.owner_tgid, sock, &state);
     }
     Ok(())
+}
+
+/// The socket's ports and peer address.
+#[inline(always)]
+pub fn addresses(sock: u64, family: u16) -> Result<ConnMeta, i32> {
+    let at = config().sock;
+    let local_port: u16 = field(sock, at.local_port)?;
+    let peer_port = u16::from_be(field(sock, at.peer_port)?);
+    let mut peer_addr = [0u8; 16];
+    if family == AF_INET {
+        let v4: [u8; 4] = field(sock, at.peer_addr_v4)?;
+        peer_addr[..4].copy_from_slice(&v4);
+    } else {
+        peer_addr = field(sock, at.peer_addr_v6)?;
+    }
+    Ok(ConnMeta {
+        family,
+        local_port,
+        peer_port,
+        _pad: 0,
+        peer_addr,
+    })
 }
 
 /// `listen()` runs in the listening process, so the current task is the owner.
@@ -140,5 +147,7 @@ pub fn emit_conn_event(kind: EventKind, tgid: u32, sock: u64, state: &ConnState)
         sock,
         established_ns: state.established_ns,
         meta: state.meta,
+        role: state.role,
+        _pad: [0; 7],
     });
 }

@@ -19,18 +19,18 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use tracer_common::{
-    AF_INET, AF_INET6, CAPTURE_LEN, ConnMeta, ConnState, DIRECTION_RECV, DataEvent, EventHeader,
-    EventKind, IOVEC_BASE, IPPROTO_TCP, KernelCounter, MSG_PEEK, MSGHDR_IOV, PHASE_BODY,
-    PHASE_HEADERS, PREFIX_LEN, SyscallAbi,
+    AF_INET, AF_INET6, CAPTURE_LEN, ConnMeta, ConnState, DIRECTION_RECV, DIRECTION_SEND, DataEvent,
+    EventHeader, EventKind, IOVEC_BASE, IPPROTO_TCP, KernelCounter, MSG_PEEK, MSGHDR_IOV,
+    PHASE_BODY, PHASE_HEADERS, PREFIX_LEN, ROLE_CLIENT, ROLE_SERVER, SyscallAbi,
     header_scan::{self, HeaderScan, SCAN_STEPS, WORDS},
     prefix_may_start_http_message,
 };
 
 use crate::{
     config::config,
-    maps::{CONNECTIONS, EVENTS, count, current_task, is_traced, wakeup_flags},
+    maps::{CONNECTIONS, EVENTS, LISTEN_PORTS, count, current_task, is_traced, wakeup_flags},
     probes::{
-        connection::{emit_conn_event, field},
+        connection::{addresses, emit_conn_event, field},
         headers,
     },
 };
@@ -84,9 +84,15 @@ fn try_on_socket_io(
     let starts_message =
         !continues_headers && buffer.is_some_and(|buffer| buffer_may_start_message(buffer, moved));
     if !continues_headers && !starts_message {
-        // Body bytes: only the time and size matter, and only for writes
-        // (the last write of a response ends its span).
-        if direction != DIRECTION_RECV && state.is_http != 0 {
+        // Body bytes: only the time and size matter, and only of responses
+        // (their last byte ends the span): the server's writes, the
+        // client's reads.
+        let responds = if state.role == ROLE_CLIENT {
+            DIRECTION_RECV
+        } else {
+            DIRECTION_SEND
+        };
+        if direction == responds && state.is_http != 0 {
             let seq = next_seq(state);
             emit_data(sock, tgid, tid, direction, moved, seq, None);
         }
@@ -94,9 +100,12 @@ fn try_on_socket_io(
     }
     if state.is_http == 0 {
         state.is_http = 1;
+        state.role = role(state, direction);
         emit_conn_event(EventKind::ConnOpen, tgid, sock, state);
     }
+    // Only requests' headers are captured: those the server reads.
     if direction == DIRECTION_RECV
+        && state.role == ROLE_SERVER
         && headers::enabled()
         && let Some(buffer) = buffer
     {
@@ -122,6 +131,19 @@ fn try_on_socket_io(
     Ok(())
 }
 
+/// Which end the traced process is, as its first message starts: the
+/// server when it listens on the socket's local port (whatever the first
+/// message seen, the tracer may have started mid-exchange) or reads first.
+fn role(state: &ConnState, direction: u8) -> u8 {
+    // SAFETY: presence check only.
+    let listens = unsafe { LISTEN_PORTS.get(state.meta.local_port) }.is_some();
+    if listens || direction == DIRECTION_RECV {
+        ROLE_SERVER
+    } else {
+        ROLE_CLIENT
+    }
+}
+
 /// Takes the number of the connection's next data record.
 fn next_seq(state: &mut ConnState) -> u32 {
     let seq = state.next_seq;
@@ -140,7 +162,10 @@ fn connection(sock: u64, tgid: u32, family: u16) -> Result<&'static mut ConnStat
         }
         return Ok(state);
     }
-    let fresh = ConnState::new(0, tgid, ConnMeta::unknown(family));
+    // Opened before the tracer, or `connect()`ed: its handshake was not
+    // seen, its addresses are read now.
+    let meta = addresses(sock, family).unwrap_or(ConnMeta::unknown(family));
+    let fresh = ConnState::new(0, tgid, meta);
     if CONNECTIONS.insert(sock, fresh, 0).is_err() {
         count(KernelCounter::ConnTableFull);
         return Err(0);

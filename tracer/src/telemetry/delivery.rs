@@ -28,7 +28,7 @@ use super::{
     encode::{EncodedSpans, Envelope},
     instance::Instance,
     otlp::{ExportError, Rejected, TraceClient},
-    spans::{self, SPANS_PER_REQUEST},
+    spans,
 };
 use crate::stats::{DropReason, Stats};
 
@@ -172,7 +172,7 @@ impl Delivery {
             Ok((key, batch, Ok(rejected))) => {
                 self.held -= batch.len();
                 self.release(key, batch.len());
-                self.count_exported(batch.len(), rejected);
+                self.count_exported(batch.spans(), rejected);
                 if let Some(since) = self.outage_since.take() {
                     log::info!(
                         "OTLP export resumed after {:.0} s",
@@ -200,8 +200,8 @@ impl Delivery {
         self.dispatch();
     }
 
-    fn count_exported(&mut self, requests: usize, rejected: Rejected) {
-        let spans = (requests * SPANS_PER_REQUEST) as u64;
+    fn count_exported(&mut self, spans: usize, rejected: Rejected) {
+        let spans = spans as u64;
         let refused = rejected.spans.min(spans);
         self.stats
             .spans_exported

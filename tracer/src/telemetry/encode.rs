@@ -34,6 +34,7 @@ mod field {
     pub const SCOPE_SPANS_SPANS: u32 = 2;
     pub const SPAN_TRACE_ID: u32 = 1;
     pub const SPAN_SPAN_ID: u32 = 2;
+    pub const SPAN_TRACE_STATE: u32 = 3;
     pub const SPAN_PARENT_SPAN_ID: u32 = 4;
     pub const SPAN_NAME: u32 = 5;
     pub const SPAN_KIND: u32 = 6;
@@ -159,6 +160,8 @@ impl Attributes {
 pub struct Span<'a> {
     pub trace_id: [u8; 16],
     pub span_id: [u8; 8],
+    /// W3C `tracestate`, as the trace came with it (empty: none).
+    pub trace_state: &'a str,
     /// `None` for a root span.
     pub parent_span_id: Option<[u8; 8]>,
     pub name: &'a str,
@@ -204,6 +207,7 @@ impl Span<'_> {
         let kind = self.kind as u64;
         len_field_len(field::SPAN_TRACE_ID, self.trace_id.len())
             + len_field_len(field::SPAN_SPAN_ID, self.span_id.len())
+            + optional_len(field::SPAN_TRACE_STATE, self.trace_state.len())
             + self.parent_span_id.map_or(0, |parent| {
                 len_field_len(field::SPAN_PARENT_SPAN_ID, parent.len())
             })
@@ -224,6 +228,9 @@ impl Span<'_> {
         let start = out.len();
         bytes_field(field::SPAN_TRACE_ID, &self.trace_id, out);
         bytes_field(field::SPAN_SPAN_ID, &self.span_id, out);
+        if !self.trace_state.is_empty() {
+            bytes_field(field::SPAN_TRACE_STATE, self.trace_state.as_bytes(), out);
+        }
         if let Some(parent) = &self.parent_span_id {
             bytes_field(field::SPAN_PARENT_SPAN_ID, parent, out);
         }
@@ -269,6 +276,10 @@ pub struct EncodedSpans {
     bytes: Vec<u8>,
     /// The end of each request's spans in `bytes`.
     ends: Vec<usize>,
+    /// How many spans each request has (a server request 3, a call 1).
+    counts: Vec<u8>,
+    /// Spans pushed since the last request ended.
+    pending: u8,
 }
 
 impl EncodedSpans {
@@ -283,11 +294,18 @@ impl EncodedSpans {
 
     pub fn push_span(&mut self, span: &Span<'_>) {
         span.encode(&mut self.bytes);
+        self.pending += 1;
     }
 
     /// The spans pushed since the last call are one request's.
     pub fn end_request(&mut self) {
         self.ends.push(self.bytes.len());
+        self.counts.push(std::mem::take(&mut self.pending));
+    }
+
+    /// Spans held.
+    pub fn spans(&self) -> usize {
+        self.counts.iter().map(|&count| usize::from(count)).sum()
     }
 
     /// Forgets the oldest `count` requests.
@@ -299,6 +317,7 @@ impl EncodedSpans {
         let cut = self.ends[count - 1];
         self.bytes.drain(..cut);
         self.ends.drain(..count);
+        self.counts.drain(..count);
         for end in &mut self.ends {
             *end -= cut;
         }
@@ -309,6 +328,7 @@ impl EncodedSpans {
         let offset = self.bytes.len();
         self.bytes.extend_from_slice(&later.bytes);
         self.ends.extend(later.ends.iter().map(|end| end + offset));
+        self.counts.extend(later.counts);
     }
 
     /// The requests so far, leaving as much room as they had: batches
@@ -317,6 +337,8 @@ impl EncodedSpans {
         let fresh = EncodedSpans {
             bytes: Vec::with_capacity(self.bytes.capacity()),
             ends: Vec::with_capacity(self.ends.capacity()),
+            counts: Vec::with_capacity(self.counts.capacity()),
+            pending: 0,
         };
         std::mem::replace(self, fresh)
     }
@@ -454,6 +476,7 @@ mod tests {
         let span = Span {
             trace_id: [7; 16],
             span_id: [8; 8],
+            trace_state: "vendor=1",
             parent_span_id: Some([9; 8]),
             name: "GET /x",
             kind: SpanKind::Server,
@@ -466,6 +489,7 @@ mod tests {
         spans.push_span(&span);
         let empty = Attributes::default();
         spans.push_span(&Span {
+            trace_state: "",
             parent_span_id: None,
             name: "",
             kind: SpanKind::Unspecified,
@@ -501,6 +525,7 @@ mod tests {
             v1::Span {
                 trace_id: vec![7; 16],
                 span_id: vec![8; 8],
+                trace_state: "vendor=1".into(),
                 parent_span_id: vec![9; 8],
                 name: "GET /x".into(),
                 kind: SpanKind::Server as i32,
@@ -541,6 +566,7 @@ mod tests {
             spans.push_span(&Span {
                 trace_id: [1; 16],
                 span_id: [2; 8],
+                trace_state: "",
                 parent_span_id: None,
                 name,
                 kind: SpanKind::Internal,

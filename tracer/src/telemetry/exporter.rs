@@ -37,13 +37,14 @@ use super::{
     sampling::SpanSampler,
     spans::{SpanEncoder, metric_attributes},
 };
-use crate::stats::Stats;
+use crate::{events::Side, stats::Stats};
 
 /// The request duration and response size histograms and the loss counter,
 /// as named in OTLP.
 pub const DURATION_METRIC: &str = "http.server.request.duration";
 pub const BODY_SIZE_METRIC: &str = "http.server.response.body.size";
 pub const ACTIVE_METRIC: &str = "http.server.active_requests";
+pub const CLIENT_DURATION_METRIC: &str = "http.client.request.duration";
 pub const DROPPED_METRIC: &str = "tracer.dropped";
 /// Semantic-convention bucket boundaries for `http.server.request.duration`.
 pub const DURATION_BUCKETS: [f64; 14] = [
@@ -160,6 +161,7 @@ struct Live {
 struct Instruments {
     duration: Histogram<f64>,
     body_size: Histogram<u64>,
+    client_duration: Histogram<f64>,
 }
 
 impl Instruments {
@@ -186,6 +188,12 @@ impl Instruments {
                 .with_unit("By")
                 .with_description("Size of HTTP server response bodies.")
                 .with_boundaries(BODY_SIZE_BUCKETS.to_vec())
+                .build(),
+            client_duration: meter
+                .f64_histogram(CLIENT_DURATION_METRIC)
+                .with_unit("s")
+                .with_description("Duration of HTTP client requests.")
+                .with_boundaries(DURATION_BUCKETS.to_vec())
                 .build(),
         }
     }
@@ -294,11 +302,15 @@ impl Export {
             return;
         }
         let seconds = request.end_ns.saturating_sub(request.start_ns) as f64 / 1e9;
-        let resolved = self.routes[instance.service].resolve(&request);
+        // Routes are a server's: a call has none.
+        let resolved =
+            (request.side == Side::Server).then(|| self.routes[instance.service].resolve(&request));
         let mut attributes = metric_attributes(&request);
-        resolved.push_metric_attributes(&mut attributes);
+        if let Some(resolved) = &resolved {
+            resolved.push_metric_attributes(&mut attributes);
+        }
         if let Some(prometheus) = &self.prometheus {
-            prometheus.record(&instance, seconds, request.response_body_bytes, &attributes);
+            prometheus.record(&instance, &request, seconds, &attributes);
         }
         let Some(otlp) = &mut self.otlp else {
             return;
@@ -322,15 +334,22 @@ impl Export {
                 }
             });
         if let Some((_, instruments)) = &live.meters {
-            instruments.duration.record(seconds, &attributes);
-            if let Some(bytes) = request.response_body_bytes {
-                instruments.body_size.record(bytes, &attributes);
+            if request.side == Side::Client {
+                instruments.client_duration.record(seconds, &attributes);
+            } else {
+                instruments.duration.record(seconds, &attributes);
+                if let Some(bytes) = request.response_body_bytes {
+                    instruments.body_size.record(bytes, &attributes);
+                }
             }
         }
-        if otlp.sampler.keeps() {
+        if otlp.sampler.keeps(&request.ids) {
             // Past --route-limit the metric's route is the overflow's; the
             // span takes its own from `resolved`.
-            otlp.encoder.push(&request, &resolved, &mut live.batch);
+            match &resolved {
+                Some(resolved) => otlp.encoder.push(&request, resolved, &mut live.batch),
+                None => otlp.encoder.push_call(&request, &mut live.batch),
+            }
             if live.batch.len() >= BATCH_SIZE {
                 otlp.delivery.push(&live.instance, live.batch.take());
             }
@@ -414,6 +433,9 @@ mod tests {
     fn request(tgid: u32) -> CompletedRequest {
         CompletedRequest {
             tgid,
+            side: crate::events::Side::Server,
+            ids: crate::trace_context::SpanIds::root(),
+            response_cut_short: false,
             response_body_bytes: Some(60),
             ..crate::telemetry::spans::tests::request_to("/users/42", 200)
         }

@@ -46,7 +46,9 @@ impl Instance {
     }
 }
 
-/// What the daemon sends the export task.
+/// What the daemon sends the export task. Nearly every item is a request:
+/// boxing it to shrink the rare other one would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
 pub enum ExportItem {
     Request(Arc<Instance>, CompletedRequest),
     /// The instance's processes are all gone: flush what it has, export its metrics a last time, free its export state.

@@ -46,12 +46,12 @@ use tokio::net::TcpListener;
 use super::{
     active::ActiveRequests,
     exporter::{
-        ACTIVE_METRIC, BODY_SIZE_BUCKETS, BODY_SIZE_METRIC, DROPPED_METRIC, DURATION_BUCKETS,
-        DURATION_METRIC,
+        ACTIVE_METRIC, BODY_SIZE_BUCKETS, BODY_SIZE_METRIC, CLIENT_DURATION_METRIC, DROPPED_METRIC,
+        DURATION_BUCKETS, DURATION_METRIC,
     },
     instance::{Instance, tracer_resource},
 };
-use crate::stats::Stats;
+use crate::{assembly::CompletedRequest, events::Side, stats::Stats};
 
 const OPENMETRICS_TEXT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// After a failed accept (out of file descriptors, say), the pause before
@@ -68,21 +68,34 @@ pub const RETIRED_SERIES_TTL: Duration = Duration::from_secs(300);
 
 type Labels = Vec<(String, String)>;
 
-/// The histograms' names, help and units, in [`Series::histograms`]' order.
-const HISTOGRAM_FAMILIES: [(&str, &str, Unit); 2] = [
+/// The histogram families: name, help, unit, the side whose label sets
+/// have it, and which of [`Series::histograms`] it is.
+const HISTOGRAM_FAMILIES: [(&str, &str, Unit, Side, usize); 3] = [
     (
         DURATION_METRIC,
         "Duration of HTTP server requests",
         Unit::Seconds,
+        Side::Server,
+        0,
     ),
     (
         BODY_SIZE_METRIC,
         "Size of HTTP server response bodies",
         Unit::Bytes,
+        Side::Server,
+        1,
+    ),
+    (
+        CLIENT_DURATION_METRIC,
+        "Duration of HTTP client requests",
+        Unit::Seconds,
+        Side::Client,
+        0,
     ),
 ];
 
-/// The histograms of one label set.
+/// The histograms of one label set: a served request's duration and body
+/// size, or a call's duration.
 struct Series {
     duration: Histogram,
     body_size: Histogram,
@@ -121,7 +134,8 @@ pub struct ListenError {
 struct Target {
     identity: Labels,
     info: Labels,
-    series: HashMap<Labels, Series>,
+    /// A served request's label sets and a call's are apart.
+    series: HashMap<(Side, Labels), Series>,
     retired_at: Option<Instant>,
     /// Keeps the key (the `Arc`'s address) from being reused meanwhile.
     _instance: Arc<Instance>,
@@ -174,29 +188,34 @@ impl Recorder {
     pub fn record(
         &self,
         instance: &Arc<Instance>,
+        request: &CompletedRequest,
         seconds: f64,
-        body_bytes: Option<u64>,
         attributes: &[KeyValue],
     ) {
-        let labels = labels(attributes.iter().map(|kv| (&kv.key, &kv.value)));
+        let side = request.side;
+        let body_bytes = request.response_body_bytes.filter(|_| side == Side::Server);
+        let key = (
+            side,
+            labels(attributes.iter().map(|kv| (&kv.key, &kv.value))),
+        );
         let mut targets = self.targets.lock();
         let target = targets
             .entry(Instance::key(instance))
             .or_insert_with(|| Target::new(instance));
         // A request that was on its way when the instance was retired.
         target.retired_at = None;
-        if let Some(series) = target.series.get(&labels) {
+        if let Some(series) = target.series.get(&key) {
             series.observe(seconds, body_bytes);
             return;
         }
-        let labels = if target.series.len() < MAX_SERIES {
-            labels
+        let key = if target.series.len() < MAX_SERIES {
+            key
         } else {
-            overflow_labels()
+            (side, overflow_labels())
         };
         target
             .series
-            .entry(labels)
+            .entry(key)
             .or_insert_with(Series::new)
             .observe(seconds, body_bytes);
     }
@@ -316,14 +335,15 @@ impl Collector for InstanceSeries {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         let mut targets = self.targets.lock();
         expire(&mut targets, Instant::now());
-        for (index, (metric, help, unit)) in HISTOGRAM_FAMILIES.iter().enumerate() {
+        for (metric, help, unit, side, index) in &HISTOGRAM_FAMILIES {
             let name = prometheus_name(metric);
             let mut family =
                 encoder.encode_descriptor(&name, help, Some(unit), MetricType::Histogram)?;
             for target in targets.values() {
-                for (labels, series) in &target.series {
+                let of_side = target.series.iter().filter(|((of, _), _)| of == side);
+                for ((_, labels), series) in of_side {
                     let labels: Labels = target.identity.iter().chain(labels).cloned().collect();
-                    series.histograms()[index].encode(family.encode_family(&labels)?)?;
+                    series.histograms()[*index].encode(family.encode_family(&labels)?)?;
                 }
             }
         }
@@ -531,6 +551,19 @@ mod tests {
         respond(&Method::GET, path, registry)
     }
 
+    /// Records a served request of `seconds` and `body` bytes.
+    fn record(
+        recorder: &Recorder,
+        instance: &Arc<Instance>,
+        seconds: f64,
+        body: Option<u64>,
+        attributes: &[KeyValue],
+    ) {
+        let mut request = crate::telemetry::spans::tests::request_to("/", 200);
+        request.response_body_bytes = body;
+        recorder.record(instance, &request, seconds, attributes);
+    }
+
     fn instance(attributes: &[(&'static str, &'static str)]) -> Arc<Instance> {
         let attributes = attributes
             .iter()
@@ -567,9 +600,10 @@ mod tests {
         ];
         // Powers of two, so the sum is exact.
         for (seconds, body) in [(0.00390625, Some(100)), (0.125, Some(5000)), (20.0, None)] {
-            recorder.record(&shop, seconds, body, &ok);
+            record(&recorder, &shop, seconds, body, &ok);
         }
-        recorder.record(
+        record(
+            &recorder,
             &shop,
             0.001,
             Some(0),
@@ -647,8 +681,8 @@ mod tests {
         let shop = instance(&[("service.name", "shop")]);
         for method in 0..MAX_SERIES + 5 {
             let attributes = [KeyValue::new("http.request.method", format!("M{method}"))];
-            recorder.record(&shop, 0.1, None, &attributes);
-            recorder.record(&shop, 0.1, None, &attributes);
+            record(&recorder, &shop, 0.1, None, &attributes);
+            record(&recorder, &shop, 0.1, None, &attributes);
         }
         let exposition = get(&registry, "/metrics").into_body();
         let counts: Vec<&str> = exposition
@@ -690,9 +724,9 @@ mod tests {
             ("process.pid", "20"),
         ]);
         let get = [KeyValue::new("http.request.method", "GET")];
-        recorder.record(&one, 0.1, None, &get);
-        recorder.record(&two, 0.1, None, &get);
-        recorder.record(&two, 0.1, None, &get);
+        record(&recorder, &one, 0.1, None, &get);
+        record(&recorder, &two, 0.1, None, &get);
+        record(&recorder, &two, 0.1, None, &get);
         let exposition = super::tests::get(&registry, "/metrics").into_body();
         let lines: Vec<&str> = exposition.lines().collect();
         let histogram = "http_server_request_duration_seconds";

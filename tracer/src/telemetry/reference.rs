@@ -10,6 +10,7 @@
 use std::{
     borrow::Cow,
     net::{Ipv6Addr, SocketAddr},
+    str::FromStr as _,
     sync::{Arc, atomic::AtomicU64, atomic::Ordering::Relaxed},
     time::Duration,
 };
@@ -40,7 +41,10 @@ use super::{
     routes::{Resolved, RouteConfig, Routes},
     spans::{SpanEncoder, peer},
 };
-use crate::{assembly::CompletedRequest, http::RequestHead, stats::Stats};
+use crate::{
+    assembly::CompletedRequest, events::Side, http::RequestHead, stats::Stats,
+    trace_context::SpanIds,
+};
 
 /// Ids from a fixed sequence (splitmix64: every byte of them varies).
 #[derive(Debug, Default)]
@@ -127,8 +131,16 @@ struct SpanBuilder<'a> {
 impl SpanBuilder<'_> {
     fn spans(&self, request: &CompletedRequest, resolved: &Resolved) -> [SpanData; 3] {
         let mut attributes = metric_attributes(request);
-        let trace_id = self.ids.new_trace_id();
-        let server_id = self.ids.new_span_id();
+        let ids = &request.ids;
+        let trace_id = TraceId::from_bytes(ids.trace_id);
+        let server_id = SpanId::from_bytes(ids.span_id);
+        let parent = ids
+            .parent_span_id
+            .map_or(SpanId::INVALID, SpanId::from_bytes);
+        let trace_state = match &ids.trace_state {
+            Some(state) => TraceState::from_str(state).expect("a valid tracestate"),
+            None => TraceState::default(),
+        };
         if let Some(route) = &resolved.route {
             attributes.push(KeyValue::new("http.route", route.clone()));
         }
@@ -145,13 +157,33 @@ impl SpanBuilder<'_> {
             Status::Unset
         };
         let server = self.span(
-            (trace_id, server_id, SpanId::INVALID),
+            (trace_id, server_id, parent),
             SpanKind::Server,
             resolved.span_name.clone().into(),
             (request.start_ns, request.end_ns),
             attributes,
             status,
         );
+        let server = SpanData {
+            parent_span_is_remote: ids.remote_parent,
+            span_context: SpanContext::new(
+                trace_id,
+                server_id,
+                TraceFlags::SAMPLED,
+                false,
+                trace_state.clone(),
+            ),
+            ..server
+        };
+        let child_context = |span_id| {
+            SpanContext::new(
+                trace_id,
+                span_id,
+                TraceFlags::SAMPLED,
+                false,
+                trace_state.clone(),
+            )
+        };
         let queue = self.span(
             (trace_id, self.ids.new_span_id(), server_id),
             SpanKind::Internal,
@@ -168,6 +200,14 @@ impl SpanBuilder<'_> {
             Vec::new(),
             Status::Unset,
         );
+        let queue = SpanData {
+            span_context: child_context(queue.span_context.span_id()),
+            ..queue
+        };
+        let processing = SpanData {
+            span_context: child_context(processing.span_context.span_id()),
+            ..processing
+        };
         [server, queue, processing]
     }
 
@@ -226,11 +266,15 @@ fn requests() -> Vec<CompletedRequest> {
     };
     let request = |method: &str, path: &str, status| CompletedRequest {
         tgid: 4242,
+        side: Side::Server,
+        ids: SpanIds::root(),
+        response_cut_short: false,
         request: RequestHead {
             method: method.into(),
             path: path.into(),
             minor_version: 1,
             head_len: 40,
+            host: None,
         },
         status,
         start_ns: 1_000_000,
@@ -249,6 +293,11 @@ fn requests() -> Vec<CompletedRequest> {
     };
     let mut http_1_0 = request("POST", "/orders/9f8e7d6c5b4a/items", 503);
     http_1_0.request.minor_version = 0;
+    // A request that came with a `traceparent` and a `tracestate`.
+    http_1_0.ids.parent_span_id = Some([0x5a; 8]);
+    http_1_0.ids.remote_parent = true;
+    http_1_0.ids.remote_sampled = Some(true);
+    http_1_0.ids.trace_state = Some("vendor=opaque,other=1".into());
     vec![
         request("GET", "/users/42", 200),
         CompletedRequest {

@@ -446,11 +446,15 @@ mod tests {
     fn request(method: &str, path: &str) -> CompletedRequest {
         CompletedRequest {
             tgid: 1,
+            side: crate::events::Side::Server,
+            ids: crate::trace_context::SpanIds::root(),
+            response_cut_short: false,
             request: RequestHead {
                 method: method.into(),
                 path: path.into(),
                 minor_version: 1,
                 head_len: 40,
+                host: None,
             },
             status: 200,
             start_ns: 1,

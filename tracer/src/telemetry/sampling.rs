@@ -1,31 +1,53 @@
 //! Which requests become spans: the SDK's sampler that `OTEL_TRACES_SAMPLER`
 //! names, asked once per request. It thins spans only; the duration
-//! histogram counts every request whatever it decides.
-use opentelemetry::trace::{SamplingDecision, SpanKind};
-use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator, Sampler, ShouldSample as _};
+//! histograms count every request whatever it decides.
+//!
+//! It decides on the request's trace id and on the sampled flag of the
+//! `traceparent` its trace came with, the same for every span of that
+//! trace on this host: a ratio sampler keeps or drops a whole trace, and a
+//! parent-based one follows the caller's flag.
+use opentelemetry::{
+    Context,
+    trace::{
+        SamplingDecision, SpanContext, SpanId, SpanKind, TraceContextExt as _, TraceFlags, TraceId,
+        TraceState,
+    },
+};
+use opentelemetry_sdk::trace::{Sampler, ShouldSample as _};
+
+use crate::trace_context::SpanIds;
 
 pub struct SpanSampler {
     sampler: Sampler,
-    ids: RandomIdGenerator,
 }
 
 impl SpanSampler {
     pub fn new(sampler: Sampler) -> Self {
-        Self {
-            sampler,
-            ids: RandomIdGenerator::default(),
-        }
+        Self { sampler }
     }
 
-    /// Whether the next request becomes spans. Nothing brings a parent
-    /// context to the tracer, so a parent-based sampler decides as its root
-    /// sampler does, and a ratio sampler decides on a fresh random trace id,
-    /// as the SDK does for a root span. Since no one else sees that id, the
-    /// span builder drawing its own changes nothing.
-    pub fn keeps(&self) -> bool {
+    /// Whether the request of `ids` becomes spans.
+    pub fn keeps(&self, ids: &SpanIds) -> bool {
+        let trace_id = TraceId::from_bytes(ids.trace_id);
+        let remote_parent = ids.remote_sampled.map(|sampled| {
+            let flags = if sampled {
+                TraceFlags::SAMPLED
+            } else {
+                TraceFlags::default()
+            };
+            let parent = ids.parent_span_id.unwrap_or(ids.span_id);
+            let parent = SpanContext::new(
+                trace_id,
+                SpanId::from_bytes(parent),
+                flags,
+                true,
+                TraceState::default(),
+            );
+            Context::new().with_remote_span_context(parent)
+        });
         let result = self.sampler.should_sample(
-            None,
-            self.ids.new_trace_id(),
+            remote_parent.as_ref(),
+            trace_id,
             "",
             &SpanKind::Server,
             &[],
@@ -41,7 +63,33 @@ mod tests {
 
     fn kept(sampler: Sampler, draws: u32) -> u32 {
         let sampler = SpanSampler::new(sampler);
-        (0..draws).map(|_| u32::from(sampler.keeps())).sum()
+        (0..draws)
+            .map(|_| u32::from(sampler.keeps(&SpanIds::root())))
+            .sum()
+    }
+
+    #[test]
+    fn a_trace_is_kept_or_dropped_whole_and_the_callers_flag_is_followed() {
+        let sampler = SpanSampler::new(Sampler::TraceIdRatioBased(0.5));
+        for _ in 0..100 {
+            let root = SpanIds::root();
+            let child = SpanIds {
+                span_id: [9; 8],
+                parent_span_id: Some(root.span_id),
+                ..root.clone()
+            };
+            assert_eq!(sampler.keeps(&root), sampler.keeps(&child));
+        }
+        let parent_based = SpanSampler::new(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)));
+        let caller_said = |sampled| SpanIds {
+            parent_span_id: Some([1; 8]),
+            remote_parent: true,
+            remote_sampled: Some(sampled),
+            ..SpanIds::root()
+        };
+        assert!(parent_based.keeps(&caller_said(true)));
+        assert!(!parent_based.keeps(&caller_said(false)));
+        assert!(parent_based.keeps(&SpanIds::root()));
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! conventions: a SERVER span `"{method} {http.route}"` (`"{method}"` without
 //! a route, never the raw path: [`super::routes`]) and two INTERNAL children
 //! that say where the time went, "in queue" (handshake to first byte read:
-//! the accept queue, invisible to an in-process SDK) and "processing".
+//! the accept queue, invisible to an in-process SDK) and "processing"; a
+//! call the process made is one CLIENT span `"{method}"`. Ids and parents
+//! come with the request ([`crate::trace_context`]).
 //!
 //! The spans are encoded as they are built ([`super::encode`]), from
 //! strings borrowed from the request: a request costs no allocation here.
@@ -24,14 +26,38 @@ use super::{
     encode::{Attributes, EncodedSpans, Span},
     routes::Resolved,
 };
-use crate::assembly::CompletedRequest;
+use crate::{assembly::CompletedRequest, events::Side, trace_context::SpanIds};
 
-/// The server span and its two children.
-pub const SPANS_PER_REQUEST: usize = 3;
+/// A span's flags: sampled, and whether its parent is another process's.
+fn flags(remote_parent: bool) -> u32 {
+    let remote = if remote_parent {
+        SpanFlags::ContextIsRemoteMask as u32
+    } else {
+        0
+    };
+    u32::from(TraceFlags::SAMPLED.to_u8()) | SpanFlags::ContextHasIsRemoteMask as u32 | remote
+}
 
-/// Every span's flags: sampled, and the parent (if any) known to be local.
-fn flags() -> u32 {
-    u32::from(TraceFlags::SAMPLED.to_u8()) | SpanFlags::ContextHasIsRemoteMask as u32
+/// The server a call went to, as its `Host` header names it: the name
+/// and the port (80 when the header gives none), else the peer's address.
+pub fn called_server(request: &CompletedRequest) -> Option<(String, u16)> {
+    if let Some(host) = request
+        .request
+        .host
+        .as_deref()
+        .filter(|host| !host.is_empty())
+    {
+        let (name, port) = match host.rsplit_once(':') {
+            Some((name, port)) if !name.ends_with(':') => match port.parse() {
+                Ok(port) => (name, port),
+                Err(_) => (host, 80),
+            },
+            _ => (host, 80),
+        };
+        let name = name.trim_start_matches('[').trim_end_matches(']');
+        return Some((name.to_owned(), port));
+    }
+    peer(request).map(|(address, port)| (address.to_string(), port))
 }
 
 /// The peer's address and port, when the connection's handshake was seen.
@@ -118,6 +144,9 @@ fn shared_attributes(request: &CompletedRequest, mut each: impl FnMut(&'static s
     // A made-up method is `_OTHER`: it cannot grow a metric's series.
     let method = crate::http::method_attribute(&request.request.method);
     each("http.request.method", Shared::Static(method));
+    if request.side == Side::Client {
+        return call_attributes(request, each);
+    }
     each(
         "http.response.status_code",
         Shared::Int(i64::from(request.status)),
@@ -136,6 +165,39 @@ fn shared_attributes(request: &CompletedRequest, mut each: impl FnMut(&'static s
     if request.status >= 500 {
         let status = StackText::<5>::format(format_args!("{}", request.status));
         each("error.type", Shared::Str(status.as_str()));
+    }
+}
+
+/// A call's attributes after its method, shared by the span and
+/// `http.client.request.duration`: 4xx and 5xx are errors for a client, and
+/// so is a response the connection cut short.
+fn call_attributes(request: &CompletedRequest, mut each: impl FnMut(&'static str, Shared<'_>)) {
+    each(
+        "http.response.status_code",
+        Shared::Int(i64::from(request.status)),
+    );
+    if let Some((address, port)) = called_server(request) {
+        each("server.address", Shared::Str(&address));
+        each("server.port", Shared::Int(i64::from(port)));
+    }
+    each("url.scheme", Shared::Static("http"));
+    let version = if request.request.minor_version == 0 {
+        "1.0"
+    } else {
+        "1.1"
+    };
+    each("network.protocol.version", Shared::Static(version));
+    if let Some(error) = call_error(request) {
+        each("error.type", Shared::Str(error.as_str()));
+    }
+}
+
+/// Why a call failed, as `error.type` gives it.
+fn call_error(request: &CompletedRequest) -> Option<StackText<20>> {
+    if request.response_cut_short {
+        Some(StackText::format(format_args!("response_incomplete")))
+    } else {
+        (request.status >= 400).then(|| StackText::format(format_args!("{}", request.status)))
     }
 }
 
@@ -208,6 +270,64 @@ impl<I: IdGenerator> SpanEncoder<I> {
         }
     }
 
+    /// Appends a call's CLIENT span as one request of `out`.
+    pub fn push_call(&mut self, request: &CompletedRequest, out: &mut EncodedSpans) {
+        let attributes = &mut self.attributes;
+        attributes.clear();
+        shared_attributes(request, |key, value| match value {
+            Shared::Static(text) | Shared::Str(text) => attributes.str(key, text),
+            Shared::Int(number) => attributes.int(key, number),
+        });
+        let method = crate::http::method_attribute(&request.request.method);
+        if method == "_OTHER" {
+            attributes.str("http.request.method_original", &request.request.method);
+        }
+        if let Some((server, _)) = called_server(request) {
+            // Host as the request gave it (with its port), and the path.
+            let host = request.request.host.as_deref().unwrap_or(&server);
+            let full = ["http://", host, &request.request.path].concat();
+            attributes.str("url.full", &full);
+        }
+        if let Some((address, port)) = peer(request) {
+            let address = StackText::<46>::address(address);
+            attributes.str("network.peer.address", address.as_str());
+            attributes.int("network.peer.port", i64::from(port));
+        }
+        attributes.int("process.pid", i64::from(request.tgid));
+        let error = call_error(request);
+        let ids = &request.ids;
+        let name = if method == "_OTHER" { "HTTP" } else { method };
+        out.push_span(&Span {
+            kind: SpanKind::Client,
+            error: error.as_ref().map(StackText::as_str),
+            ..self.span(ids, name, (request.start_ns, request.end_ns))
+        });
+        out.end_request();
+    }
+
+    /// The span of `ids`, named `name`, from `start_ns` to `end_ns`, with
+    /// the attributes gathered; its kind and status for the caller to set.
+    fn span<'a>(
+        &'a self,
+        ids: &'a SpanIds,
+        name: &'a str,
+        (start_ns, end_ns): (u64, u64),
+    ) -> Span<'a> {
+        Span {
+            trace_id: ids.trace_id,
+            span_id: ids.span_id,
+            trace_state: ids.trace_state.as_deref().unwrap_or_default(),
+            parent_span_id: ids.parent_span_id,
+            name,
+            kind: SpanKind::Internal,
+            start_unix_ns: self.clock.unix_ns(start_ns),
+            end_unix_ns: self.clock.unix_ns(end_ns.max(start_ns)),
+            attributes: &self.attributes,
+            error: None,
+            flags: flags(ids.remote_parent),
+        }
+    }
+
     /// Appends the server span, then its "in queue" and "processing"
     /// children, as one request of `out`. `resolved` names the server span
     /// and gives its `http.route`.
@@ -217,8 +337,7 @@ impl<I: IdGenerator> SpanEncoder<I> {
         resolved: &Resolved,
         out: &mut EncodedSpans,
     ) {
-        let trace_id = self.ids.new_trace_id().to_bytes();
-        let server_id = self.ids.new_span_id().to_bytes();
+        let server_id = request.ids.span_id;
         let attributes = &mut self.attributes;
         attributes.clear();
         shared_attributes(request, |key, value| match value {
@@ -246,22 +365,16 @@ impl<I: IdGenerator> SpanEncoder<I> {
         let (start_ns, first_read_ns, end_ns) =
             (request.start_ns, request.first_read_ns, request.end_ns);
         let server = Span {
-            trace_id,
-            span_id: server_id,
-            parent_span_id: None,
-            name: &resolved.span_name,
             kind: SpanKind::Server,
-            start_unix_ns: time(start_ns),
-            end_unix_ns: time(end_ns.max(start_ns)),
-            attributes: &self.attributes,
             error: error.as_ref().map(StackText::as_str),
-            flags: flags(),
+            ..self.span(&request.ids, &resolved.span_name, (start_ns, end_ns))
         };
         out.push_span(&server);
         let none = Attributes::default();
         let child = |span_id, name, (start_ns, end_ns): (u64, u64)| Span {
             span_id,
             parent_span_id: Some(server_id),
+            flags: flags(false),
             name,
             kind: SpanKind::Internal,
             start_unix_ns: time(start_ns),
@@ -317,11 +430,15 @@ pub(crate) mod tests {
         peer_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
         CompletedRequest {
             tgid: 7,
+            side: crate::events::Side::Server,
+            ids: crate::trace_context::SpanIds::root(),
+            response_cut_short: false,
             request: RequestHead {
                 method: "GET".into(),
                 path: path.into(),
                 minor_version: 1,
                 head_len: 40,
+                host: None,
             },
             status,
             start_ns: 1_000,
@@ -490,6 +607,88 @@ pub(crate) mod tests {
             assert_eq!(kv.key.as_str(), span_kv.key);
             let value = span_kv.value.clone().and_then(|value| value.value);
             assert_eq!(Some(AnyValue::from(kv.value).value.unwrap()), value);
+        }
+    }
+
+    /// One call's CLIENT span, decoded.
+    fn call_span(request: &CompletedRequest) -> v1::Span {
+        let mut spans = EncodedSpans::default();
+        SpanEncoder::new(Clock::new()).push_call(request, &mut spans);
+        assert_eq!(spans.spans(), 1);
+        let envelope = Envelope::new(&Resource::builder_empty().build(), &scope());
+        let request = ExportTraceServiceRequest::decode(&envelope.export_request(&spans)[..])
+            .expect("a valid message");
+        request.resource_spans[0].scope_spans[0].spans[0].clone()
+    }
+
+    fn call_to(host: Option<&str>, status: u16) -> CompletedRequest {
+        let mut call = request_to("/api/items", status);
+        call.side = Side::Client;
+        call.request.host = host.map(str::to_owned);
+        call.ids.parent_span_id = Some([3; 8]);
+        call
+    }
+
+    #[test]
+    fn a_call_is_a_client_span_named_after_its_method() {
+        let call = call_to(Some("api.test:8080"), 200);
+        let span = call_span(&call);
+        assert_eq!(span.name, "GET");
+        assert_eq!(span.kind, SpanKind::Client as i32);
+        assert_eq!(span.parent_span_id, vec![3; 8]);
+        assert_eq!(span.trace_id, call.ids.trace_id.to_vec());
+        assert_eq!(span.status, Some(v1::Status::default()));
+        for (key, value) in [
+            ("http.request.method", string("GET")),
+            ("server.address", string("api.test")),
+            ("server.port", Val::IntValue(8080)),
+            ("url.full", string("http://api.test:8080/api/items")),
+            ("http.response.status_code", Val::IntValue(200)),
+            ("network.peer.address", string("127.0.0.1")),
+            ("network.peer.port", Val::IntValue(40000)),
+        ] {
+            assert_eq!(attribute(&span, key), Some(&value), "{key}");
+        }
+        assert_eq!(attribute(&span, "http.route"), None);
+        let without_host = call_span(&call_to(None, 200));
+        assert_eq!(
+            attribute(&without_host, "server.address"),
+            Some(&string("127.0.0.1"))
+        );
+        assert_eq!(
+            attribute(&without_host, "server.port"),
+            Some(&Val::IntValue(40000))
+        );
+        let default_port = call_span(&call_to(Some("api.test"), 200));
+        assert_eq!(
+            attribute(&default_port, "server.port"),
+            Some(&Val::IntValue(80))
+        );
+        assert_eq!(
+            attribute(&default_port, "url.full"),
+            Some(&string("http://api.test/api/items"))
+        );
+    }
+
+    #[test]
+    fn a_call_that_failed_is_an_error_4xx_included() {
+        for (call, error) in [
+            (call_to(Some("a"), 404), "404"),
+            (call_to(Some("a"), 503), "503"),
+            (
+                CompletedRequest {
+                    response_cut_short: true,
+                    ..call_to(Some("a"), 200)
+                },
+                "response_incomplete",
+            ),
+        ] {
+            let span = call_span(&call);
+            assert_eq!(
+                span.status.as_ref().map(|status| status.code),
+                Some(StatusCode::Error as i32)
+            );
+            assert_eq!(attribute(&span, "error.type"), Some(&string(error)));
         }
     }
 
