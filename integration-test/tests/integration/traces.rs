@@ -297,7 +297,7 @@ async fn incoming_traceparent_after_2kib_of_headers_joins_the_trace() {
     let (trace, parent) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
     let (deep_trace, deep_parent) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
     let zero = traceparent(&"0".repeat(32), &"0".repeat(16));
-    let heads = vec![
+    let heads = [
         head("/light", 2 * 1024, &[&traceparent(trace, parent)]),
         head(
             "/users/1",
