@@ -323,22 +323,21 @@ pub async fn drive(addr: SocketAddr, path: &str, rate: f64, duration: Duration) 
     .expect("load thread")
 }
 
-/// `n` requests to `path` from `clients` threads at once, one connection
-/// each, off the async runtime: requests also queue in the accept queue.
-pub async fn parallel_requests(
-    addr: SocketAddr,
-    path: &'static str,
-    n: usize,
-    clients: usize,
-) -> Vec<Sent> {
+/// A planned request: method, target, body.
+pub type Planned = (&'static str, String, &'static [u8]);
+
+/// Each request of `plan` on a connection of its own, from `clients`
+/// threads at once (each a contiguous share), off the async runtime: so
+/// requests also queue in the accept queue.
+pub async fn parallel_requests(addr: SocketAddr, plan: Vec<Planned>, clients: usize) -> Vec<Sent> {
     tokio::task::spawn_blocking(move || {
         std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..clients)
-                .map(|client| {
-                    let mine = n / clients + usize::from(client < n % clients);
+            let handles: Vec<_> = plan
+                .chunks(plan.len().div_ceil(clients).max(1))
+                .map(|part| {
                     scope.spawn(move || {
-                        (0..mine)
-                            .map(|_| request(addr, "GET", path, b""))
+                        part.iter()
+                            .map(|(method, target, body)| request(addr, method, target, body))
                             .collect::<Vec<_>>()
                     })
                 })

@@ -157,7 +157,8 @@ async fn chain_requests_form_one_trace_each() {
     let sink = start_sink().await;
     // Started once both answer: their readiness probes make no spans.
     let tracer = Tracer::select(&sink, &["--config", &chain.config_path()]);
-    let sent = parallel_requests(chain.upstream.addr(), "/chain", CHAINS, 4).await;
+    let plan = vec![("GET", "/chain".to_owned(), &b""[..]); CHAINS];
+    let sent = parallel_requests(chain.upstream.addr(), plan, 4).await;
     let statuses: BTreeSet<u16> = sent.iter().map(|sent| sent.status).collect();
     assert_eq!(
         statuses,
