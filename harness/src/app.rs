@@ -103,6 +103,8 @@ pub struct AppOptions {
     pub worker_class: WorkerClass,
     /// Appended to gunicorn's arguments (e.g. `--max-requests 100`).
     pub extra_args: Vec<String>,
+    /// Set in gunicorn's environment (e.g. where a route calls onward).
+    pub env: Vec<(String, String)>,
     /// Core the app is pinned to.
     pub app_core: usize,
     /// Core the tracer is pinned to.
@@ -129,6 +131,7 @@ impl AppOptions {
             workers: 3,
             worker_class: WorkerClass::Sync,
             extra_args: Vec::new(),
+            env: Vec::new(),
             app_core: 0,
             tools_core: 1,
             otlp_endpoint,
@@ -239,10 +242,12 @@ impl App {
             .arg(&gunicorn_bin)
             .args(gunicorn_args(options, addr))
             .current_dir(&options.app_dir)
-            .env("PYTHONUNBUFFERED", "1");
+            .env("PYTHONUNBUFFERED", "1")
+            .envs(options.env.iter().map(|(name, value)| (name, value)));
+        // By port too: two apps of one configuration may run at once.
         let gunicorn_log = options
             .log_dir
-            .join(format!("gunicorn-{}.log", options.config));
+            .join(format!("gunicorn-{}-{port}.log", options.config));
         let gunicorn = spawn(&mut command, &gunicorn_log, "gunicorn")?;
         let mut app = App {
             config: options.config,

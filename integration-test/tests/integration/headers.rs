@@ -3,12 +3,7 @@
 //! their values alone; they reach `--print json` and the server span, and
 //! nothing else of the head does. Without the flag, no header at all.
 
-use std::{
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
-    process::Command,
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use harness::{
     app::WorkerClass,
@@ -20,80 +15,6 @@ use crate::support::*;
 
 /// A value that must never leave the kernel: its header is not named.
 const SECRET: &str = "do-not-capture-me";
-
-/// A request head on its own connection: `headers` after `padding` bytes
-/// of other headers (at most 500 bytes each, well inside gunicorn's
-/// `limit_request_field_size` of 8190 and `limit_request_fields` of 100).
-fn head(path: &str, padding: usize, headers: &[&str]) -> Vec<u8> {
-    let mut head = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
-    let mut n = 0;
-    while head.len() < padding {
-        head.push_str(&format!("X-Pad-{n}: {}\r\n", "p".repeat(480)));
-        n += 1;
-    }
-    for header in headers {
-        head.push_str(header);
-        head.push_str("\r\n");
-    }
-    head.push_str("\r\n");
-    head.into_bytes()
-}
-
-/// Sends `parts` of one request on a new connection, each only once the
-/// server has read the one before (so that each is a read of its own), and
-/// returns the response's status.
-fn send(addr: SocketAddr, parts: &[&[u8]]) -> u16 {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream.set_nodelay(true).expect("nodelay");
-    let client_port = stream.local_addr().expect("local address").port();
-    for (i, part) in parts.iter().enumerate() {
-        if i > 0 {
-            let deadline =
-                std::time::Instant::now() + harness::patience::ceiling(Duration::from_secs(10));
-            while !read_by_server(addr.port(), client_port) {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "the server never read part {i}"
-                );
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
-        stream.write_all(part).expect("send");
-    }
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).expect("read response");
-    status_of(&response)
-}
-
-/// Whether every byte the client sent on the connection from `client_port`
-/// has reached the server's TCP (the client's send queue is acknowledged)
-/// and been read by the server (its receive queue is empty), from
-/// `/proc/net/tcp`.
-fn read_by_server(server_port: u16, client_port: u16) -> bool {
-    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
-    // Columns: sl local rem st tx_queue:rx_queue ...; addresses hex IP:port.
-    let queues = |local: u16, remote: u16| {
-        table.lines().skip(1).find_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let port = |address: &str| u16::from_str_radix(address.rsplit(':').next()?, 16).ok();
-            if port(fields.get(1)?)? != local || port(fields.get(2)?)? != remote {
-                return None;
-            }
-            let (tx, rx) = fields.get(4)?.split_once(':')?;
-            Some((
-                u64::from_str_radix(tx, 16).ok()?,
-                u64::from_str_radix(rx, 16).ok()?,
-            ))
-        })
-    };
-    matches!(
-        (
-            queues(client_port, server_port),
-            queues(server_port, client_port)
-        ),
-        (Some((0, _)), Some((_, 0)))
-    )
-}
 
 /// What one run gave: the `--print json` lines by path, and the server spans.
 struct Run {

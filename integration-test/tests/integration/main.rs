@@ -15,3 +15,4 @@ mod routes;
 mod selection;
 mod spans;
 mod support;
+mod traces;

@@ -23,7 +23,7 @@ async fn every_request_becomes_one_correct_span() {
     let tracer = Tracer::start(app.master_pid(), &sink, "flask-test");
     let addr = app.addr();
 
-    let plan: Vec<(&'static str, String, &'static [u8])> = (0..600)
+    let plan: Vec<Planned> = (0..600)
         .map(|i| match i % 6 {
             0 => ("GET", format!("/work?user={i}&token=secret"), &b""[..]),
             1 => ("GET", "/slow".to_owned(), &b""[..]),
@@ -37,27 +37,7 @@ async fn every_request_becomes_one_correct_span() {
             ),
         })
         .collect();
-    // Four clients at once, so requests also queue in the accept queue.
-    let sent: Vec<Sent> = tokio::task::spawn_blocking(move || {
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = plan
-                .chunks(150)
-                .map(|part| {
-                    scope.spawn(move || {
-                        part.iter()
-                            .map(|(method, target, body)| request(addr, method, target, body))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().expect("client"))
-                .collect()
-        })
-    })
-    .await
-    .expect("clients");
+    let sent = parallel_requests(addr, plan, 4).await;
     assert_eq!(sent.len(), 600);
     assert!(
         sent.iter().all(|s| s.status != 0),

@@ -6,9 +6,14 @@
 use std::{
     collections::HashMap,
     io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream},
     path::PathBuf,
     process::Command,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    thread::JoinHandle,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -316,4 +321,241 @@ pub async fn drive(addr: SocketAddr, path: &str, rate: f64, duration: Duration) 
     })
     .await
     .expect("load thread")
+}
+
+/// A planned request: method, target, body.
+pub type Planned = (&'static str, String, &'static [u8]);
+
+/// Each request of `plan` on a connection of its own, from `clients`
+/// threads at once (each a contiguous share), off the async runtime: so
+/// requests also queue in the accept queue.
+pub async fn parallel_requests(addr: SocketAddr, plan: Vec<Planned>, clients: usize) -> Vec<Sent> {
+    tokio::task::spawn_blocking(move || {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = plan
+                .chunks(plan.len().div_ceil(clients).max(1))
+                .map(|part| {
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|(method, target, body)| request(addr, method, target, body))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("client"))
+                .collect()
+        })
+    })
+    .await
+    .expect("clients")
+}
+
+/// A request head on its own connection: `headers` after `padding` bytes
+/// of other headers (at most 500 bytes each, well inside gunicorn's
+/// `limit_request_field_size` of 8190 and `limit_request_fields` of 100).
+pub fn head(path: &str, padding: usize, headers: &[&str]) -> Vec<u8> {
+    let mut head = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    let mut n = 0;
+    while head.len() < padding {
+        head.push_str(&format!("X-Pad-{n}: {}\r\n", "p".repeat(480)));
+        n += 1;
+    }
+    for header in headers {
+        head.push_str(header);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    head.into_bytes()
+}
+
+/// Sends `parts` of one request on a new connection, each only once the
+/// server has read the one before (so that each is a read of its own), and
+/// returns the response's status.
+pub fn send(addr: SocketAddr, parts: &[&[u8]]) -> u16 {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    let client_port = stream.local_addr().expect("local address").port();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            assert!(
+                wait_delivered(client_port, addr.port()),
+                "the server never read part {i}"
+            );
+        }
+        stream.write_all(part).expect("send");
+    }
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("read response");
+    status_of(&response)
+}
+
+/// Waits (within the machine's patience) until [`delivered`]; false if not.
+pub fn wait_delivered(from_port: u16, to_port: u16) -> bool {
+    let deadline = Instant::now() + patience::ceiling(Duration::from_secs(10));
+    while !delivered(from_port, to_port) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
+/// Whether every byte sent on the loopback connection from `from_port` to
+/// `to_port` has reached the other end's TCP (the sender's send queue is
+/// acknowledged) and been read there (the receiver's receive queue is
+/// empty), from `/proc/net/tcp`.
+pub fn delivered(from_port: u16, to_port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    // Columns: sl local rem st tx_queue:rx_queue ...; addresses hex IP:port.
+    let queues = |local: u16, remote: u16| {
+        table.lines().skip(1).find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let port = |address: &str| u16::from_str_radix(address.rsplit(':').next()?, 16).ok();
+            if port(fields.get(1)?)? != local || port(fields.get(2)?)? != remote {
+                return None;
+            }
+            let (tx, rx) = fields.get(4)?.split_once(':')?;
+            Some((
+                u64::from_str_radix(tx, 16).ok()?,
+                u64::from_str_radix(rx, 16).ok()?,
+            ))
+        })
+    };
+    matches!(
+        (queues(from_port, to_port), queues(to_port, from_port)),
+        (Some((0, _)), Some((_, 0)))
+    )
+}
+
+/// How a [`CannedServer`] answers each request.
+#[derive(Clone, Copy, Debug)]
+pub enum Canned {
+    /// A whole response with this status and a short body, then close.
+    Status(u16),
+    /// A head promising 1000 bytes, 10 of them, and, once the client has
+    /// read those, a reset (SO_LINGER 0, then close).
+    ResetMidBody,
+}
+
+/// A plain HTTP server on a thread of the test process, which no tracer
+/// selects: it reads each request head on a connection of its own and
+/// answers as told. Stopped when dropped.
+pub struct CannedServer {
+    addr: SocketAddr,
+    answered: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl CannedServer {
+    pub fn start(answer: Canned) -> CannedServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("local address");
+        let (answered, stop) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let thread = {
+            let (answered, stop) = (answered.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    // A client that gave up is its own test's failure.
+                    if let Ok(stream) = stream
+                        && answer_one(stream, answer)
+                    {
+                        answered.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            })
+        };
+        CannedServer {
+            addr,
+            answered,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:<port>`, for the app's environment.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Requests answered so far.
+    pub fn answered(&self) -> usize {
+        self.answered.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for CannedServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accept loop to see the flag.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Reads one request head and answers it; whether it could.
+fn answer_one(mut stream: TcpStream, answer: Canned) -> bool {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    match answer {
+        Canned::Status(status) => {
+            let response = format!(
+                "HTTP/1.1 {status} Canned\r\nContent-Length: 6\r\nConnection: close\r\n\r\ncanned"
+            );
+            stream.write_all(response.as_bytes()).is_ok()
+        }
+        Canned::ResetMidBody => {
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n{}",
+                "x".repeat(10)
+            );
+            let (Ok(local), Ok(peer)) = (stream.local_addr(), stream.peer_addr()) else {
+                return false;
+            };
+            // Reset only once the client has the partial response, so that
+            // what it (and the tracer) saw is the head and 10 bytes.
+            if stream.write_all(response.as_bytes()).is_err()
+                || !wait_delivered(local.port(), peer.port())
+            {
+                return false;
+            }
+            socket2::SockRef::from(&stream)
+                .set_linger(Some(Duration::ZERO))
+                .is_ok()
+        }
+    }
+}
+
+/// Lines of a child's stdout as they come, read by a thread of their own,
+/// so that a test can wait for them with a ceiling.
+pub fn collect_lines(stdout: std::process::ChildStdout) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            sink.lock().expect("lines").push(line);
+        }
+    });
+    lines
 }
