@@ -375,7 +375,10 @@ fn find(haystack: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
 
 /// The targets' assembler: paths cut at `?`, [`CAPTURE_NAMES`] captured.
 pub fn capturing_assembler() -> Assembler {
-    Assembler::new(false).capturing(CAPTURE_NAMES.map(String::from).to_vec())
+    Assembler::new(false).capturing(
+        CAPTURE_NAMES.map(String::from).to_vec(),
+        CAPTURE_NAMES.len(),
+    )
 }
 
 /// Feeds records to an assembler, checking every invariant; returns the spans.

@@ -11,8 +11,7 @@ mod traffic;
 pub use invariants::{Witness, capturing_assembler, feed_records};
 pub use records::{
     CAPTURE_NAMES, close_record, data_record, decode_checked, frame, header_record, header_records,
-    open_record,
-    task_record, unframe,
+    open_record, task_record, unframe,
 };
 pub use scripts::{
     Capture, METHODS, Op, Script, Step, http_input, play, run_script, script_records, sock_id,

@@ -3,7 +3,7 @@
 use tracer::events::{self, Event};
 use tracer_common::{
     AF_INET, CAPTURE_LEN, ConnEvent, ConnMeta, DataEvent, EventHeader, EventKind, HEADER_TRUNCATED,
-    HeaderEvent, ListenEvent, TaskEvent,
+    HeaderEvent, ListenEvent, ROLE_SERVER, ROLE_UNKNOWN, TaskEvent,
     header_capture::{CaptureNames, MatchState, SCAN_LEN, SCAN_STEPS, SCAN_WORDS, Step, VALUE_LEN},
 };
 
@@ -56,7 +56,14 @@ pub fn data_record(
 
 /// A `--capture-header` value (name `name` of [`CAPTURE_NAMES`]) found in
 /// the read whose data record is `seq`.
-pub fn header_record(sock: u64, ts: u64, seq: u32, name: u8, value: &[u8], truncated: bool) -> Vec<u8> {
+pub fn header_record(
+    sock: u64,
+    ts: u64,
+    seq: u32,
+    name: u8,
+    value: &[u8],
+    truncated: bool,
+) -> Vec<u8> {
     let value = &value[..value.len().min(VALUE_LEN)];
     // SAFETY: as in `data_record`.
     let mut event: HeaderEvent = unsafe { std::mem::zeroed() };
@@ -80,7 +87,10 @@ pub fn header_records(sock: u64, ts: u64, seq: u32, read: &[u8]) -> Vec<Vec<u8>>
     let names: Vec<&[u8]> = CAPTURE_NAMES.iter().map(|name| name.as_bytes()).collect();
     let names = CaptureNames::new(&names).expect("valid names");
     let mut words = [0u64; SCAN_WORDS];
-    for (word, bytes) in words.iter_mut().zip(read[..read.len().min(SCAN_LEN)].chunks(8)) {
+    for (word, bytes) in words
+        .iter_mut()
+        .zip(read[..read.len().min(SCAN_LEN)].chunks(8))
+    {
         let mut padded = [0u8; 8];
         padded[..bytes.len()].copy_from_slice(bytes);
         *word = u64::from_le_bytes(padded);
@@ -92,7 +102,14 @@ pub fn header_records(sock: u64, ts: u64, seq: u32, read: &[u8]) -> Vec<Vec<u8>>
             Step::Next => {}
             Step::Found(found) => {
                 let value = &read[found.start..found.start + found.len];
-                records.push(header_record(sock, ts, seq, found.name as u8, value, found.truncated));
+                records.push(header_record(
+                    sock,
+                    ts,
+                    seq,
+                    found.name as u8,
+                    value,
+                    found.truncated,
+                ));
             }
             Step::Stop => break,
         }
@@ -112,6 +129,8 @@ pub fn open_record(sock: u64, ts: u64, established_ns: u64) -> Vec<u8> {
             _pad: 0,
             peer_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
         },
+        role: ROLE_SERVER,
+        _pad: [0; 7],
     })
 }
 
@@ -121,6 +140,8 @@ pub fn close_record(sock: u64, ts: u64) -> Vec<u8> {
         sock,
         established_ns: 0,
         meta: ConnMeta::unknown(0),
+        role: ROLE_UNKNOWN,
+        _pad: [0; 7],
     })
 }
 

@@ -16,8 +16,8 @@ use tracer_common::{
 use tracer_fuzz::{
     Capture::{self, Full, Kernel},
     Op::{self, *},
-    Request, Response, Script, close_record, data_record, frame, http_input, open_record,
-    header_record, script_records, sock_id, task_record,
+    Request, Response, Script, close_record, data_record, frame, header_record, http_input,
+    open_record, script_records, sock_id, task_record,
 };
 
 fn open(sock: u8) -> Op {
@@ -367,7 +367,14 @@ fn malformed_records() -> Vec<(&'static str, Vec<Vec<u8>>)> {
                 header_record(sock, 2, 0, 0, &[b'v'; 128], true),
                 // A name the daemon never gave, a value whose read is lost.
                 header_record(sock, 2, 0, 7, b"unknown", false),
-                data_record(sock, DIRECTION_RECV, 3, 0, 9000, b"GET / HTTP/1.1\r\nX-Pad: p"),
+                data_record(
+                    sock,
+                    DIRECTION_RECV,
+                    3,
+                    0,
+                    9000,
+                    b"GET / HTTP/1.1\r\nX-Pad: p",
+                ),
                 header_record(sock, 4, 1, 0, b"lost", false),
                 data_record(
                     sock,
