@@ -285,11 +285,15 @@ fn test_stages(root: &std::path::Path, stages: &mut Stages) -> Result<()> {
         )
     })?;
     // The port selector's listen hook and its restarts, on the newer kernel
-    // (the 6.1 guest's CLI tests run the exec hook).
-    stages.run("guest: Debian 6.12 (fentry, port selector)", || {
+    // (the 6.1 guest's CLI tests run the exec hook), and the client side
+    // and trace context through the fentry set's data path.
+    stages.run("guest: Debian 6.12 (fentry, port selector, traces)", || {
         vm::vm_test(
             root,
-            guest("6.12", &[("fentry", &["spans::", "selection::a_port"])]),
+            guest(
+                "6.12",
+                &[("fentry", &["spans::", "selection::a_port", "traces::"])],
+            ),
         )
     })
 }
