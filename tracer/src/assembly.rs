@@ -456,11 +456,11 @@ impl Connection {
         let values = std::mem::take(&mut self.head_headers);
         let (context, in_flight) = match self.side {
             Some(Side::Client) => {
-                let key = self.meta.map(|meta| (meta.local_port, meta.peer_port));
+                let key = self.meta.as_ref().and_then(CallKey::of_call);
                 (shared.trace.call(tid, key), None)
             }
             Some(Side::Server) | None => {
-                let key: Option<CallKey> = self.meta.map(|meta| (meta.peer_port, meta.local_port));
+                let key = self.meta.as_ref().and_then(CallKey::of_served);
                 let incoming = incoming_context(&values, shared);
                 let in_flight = self.in_flight.enter(InFlightKey {
                     tgid: self.tgid,

@@ -15,16 +15,23 @@
 //!   comes for it links it then. The spans of one process's part of a trace
 //!   share its [`TraceRoot`], so a late link moves them all.
 //!
-//! Matching on ports alone is exact on one host: while a connection lives,
-//! no other connection of the host has its client port and server port
-//! (bar one to another host's server on the same port, which is never
-//! traced as a server here, so never waits).
+//! The two ends are matched by [`CallKey`]: the client's port, the
+//! server's port, and the address each end has for its peer. A client on
+//! this host that connects to an address of the host is given that same
+//! address as its source, so both ends name the same one; while the
+//! connection lives no other connection has all three. A call to another
+//! host and a request from another host that happen to share the ports
+//! have different peers, and stay apart. (A client that connects to one
+//! loopback address and is given another as its source is not linked: a
+//! root, never a wrong parent.)
 use std::{
     cell::{Cell, RefCell},
     collections::{HashMap, VecDeque},
     rc::{Rc, Weak},
     sync::Arc,
 };
+
+use tracer_common::{AF_INET, AF_INET6, ConnMeta};
 
 pub type TraceId = [u8; 16];
 pub type SpanId = [u8; 8];
@@ -175,8 +182,44 @@ fn random_nonzero<const N: usize>(draw: impl Fn() -> [u8; N]) -> [u8; N] {
     }
 }
 
-/// A call on this host: the client's local port and the server's port.
-pub type CallKey = (u16, u16);
+/// A connection as both its ends can name it ([module docs](self)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CallKey {
+    client_port: u16,
+    server_port: u16,
+    /// IPv6, or IPv4 mapped into it: a dual-stack server sees it so.
+    peer: [u8; 16],
+}
+
+impl CallKey {
+    /// As the client end sees its connection (`None`: addresses unknown).
+    pub fn of_call(meta: &ConnMeta) -> Option<Self> {
+        Self::new(meta.local_port, meta.peer_port, meta)
+    }
+
+    /// As the server end sees its connection.
+    pub fn of_served(meta: &ConnMeta) -> Option<Self> {
+        Self::new(meta.peer_port, meta.local_port, meta)
+    }
+
+    fn new(client_port: u16, server_port: u16, meta: &ConnMeta) -> Option<Self> {
+        let peer = match meta.family {
+            AF_INET => {
+                let mut mapped = [0u8; 16];
+                mapped[10..12].copy_from_slice(&[0xff, 0xff]);
+                mapped[12..].copy_from_slice(&meta.peer_addr[..4]);
+                mapped
+            }
+            AF_INET6 => meta.peer_addr,
+            _ => return None,
+        };
+        (client_port != 0 && server_port != 0).then_some(Self {
+            client_port,
+            server_port,
+            peer,
+        })
+    }
+}
 
 /// Requests in flight, by what their children and peers look them up by.
 /// Entries are weak: a request that ends, however it ends, leaves them.
@@ -300,6 +343,39 @@ mod tests {
     use super::*;
 
     const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+
+    /// A loopback connection from client port `port` to server port 8001.
+    fn key(port: u16) -> CallKey {
+        CallKey::of_call(&meta(port, 8001)).expect("known addresses")
+    }
+
+    fn meta(local_port: u16, peer_port: u16) -> ConnMeta {
+        let mut peer_addr = [0; 16];
+        peer_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        ConnMeta {
+            family: AF_INET,
+            local_port,
+            peer_port,
+            _pad: 0,
+            peer_addr,
+        }
+    }
+
+    #[test]
+    fn both_ends_of_a_connection_name_it_alike_and_other_hosts_differ() {
+        assert_eq!(CallKey::of_served(&meta(8001, 40000)), Some(key(40000)));
+        let mut dual_stack = meta(8001, 40000);
+        dual_stack.family = AF_INET6;
+        dual_stack.peer_addr = "::ffff:127.0.0.1"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
+        assert_eq!(CallKey::of_served(&dual_stack), Some(key(40000)));
+        let mut from_elsewhere = meta(8001, 40000);
+        from_elsewhere.peer_addr[..4].copy_from_slice(&[10, 0, 0, 9]);
+        assert_ne!(CallKey::of_served(&from_elsewhere), Some(key(40000)));
+        assert_eq!(CallKey::of_call(&ConnMeta::unknown(AF_INET)), None);
+    }
     const SPAN: &str = "b7ad6b7169203331";
 
     #[test]
@@ -361,16 +437,16 @@ mod tests {
     fn the_callee_is_the_child_of_the_call_whichever_end_comes_first() {
         let mut context = TraceContext::default();
         let upstream = context.serve(1, None, None);
-        let call = context.call(1, Some((40000, 8001)));
-        let callee = context.serve(2, None, Some((40000, 8001)));
+        let call = context.call(1, Some(key(40000)));
+        let callee = context.serve(2, None, Some(key(40000)));
         assert_eq!(callee.ids().parent_span_id, Some(call.ids().span_id));
         assert_eq!(callee.ids().trace_id, upstream.ids().trace_id);
         assert!(callee.ids().remote_parent);
 
         // The callee read first: the call links it, and its own call too.
-        let callee = context.serve(3, None, Some((40001, 8001)));
+        let callee = context.serve(3, None, Some(key(40001)));
         let callees_call = context.call(3, None);
-        let call = context.call(1, Some((40001, 8001)));
+        let call = context.call(1, Some(key(40001)));
         assert_eq!(callee.ids().parent_span_id, Some(call.ids().span_id));
         assert_eq!(callee.ids().trace_id, upstream.ids().trace_id);
         assert_eq!(callees_call.ids().trace_id, upstream.ids().trace_id);
@@ -379,18 +455,18 @@ mod tests {
     #[test]
     fn an_ended_call_is_claimed_by_no_one_and_calls_pair_in_order() {
         let mut context = TraceContext::default();
-        drop(context.call(1, Some((40000, 8001))));
+        drop(context.call(1, Some(key(40000))));
         assert_eq!(
             context
-                .serve(2, None, Some((40000, 8001)))
+                .serve(2, None, Some(key(40000)))
                 .ids()
                 .parent_span_id,
             None
         );
         let mut context = TraceContext::default();
-        let first = context.call(1, Some((40000, 8001)));
-        let second = context.call(1, Some((40000, 8001)));
-        let key = Some((40000, 8001));
+        let first = context.call(1, Some(key(40000)));
+        let second = context.call(1, Some(key(40000)));
+        let key = Some(key(40000));
         assert_eq!(
             context.serve(2, None, key).ids().parent_span_id,
             Some(first.ids().span_id)
@@ -405,8 +481,8 @@ mod tests {
     fn an_incoming_traceparent_wins() {
         let mut context = TraceContext::default();
         let parent = TraceParent::parse(&format!("00-{TRACE}-{SPAN}-00")).unwrap();
-        let _call = context.call(1, Some((40000, 8001)));
-        let server = context.serve(2, Some((parent, Some("k=v".into()))), Some((40000, 8001)));
+        let _call = context.call(1, Some(key(40000)));
+        let server = context.serve(2, Some((parent, Some("k=v".into()))), Some(key(40000)));
         let ids = server.ids();
         assert_eq!(ids.trace_id, parent.trace_id);
         assert_eq!(ids.parent_span_id, Some(parent.parent_id));
