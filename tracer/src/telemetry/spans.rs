@@ -153,18 +153,25 @@ fn shared_attributes(request: &CompletedRequest, mut each: impl FnMut(&'static s
     );
     each("url.scheme", Shared::Static("http"));
     each("network.protocol.name", Shared::Static("http"));
-    let version = if request.request.minor_version == 0 {
-        "1.0"
-    } else {
-        "1.1"
-    };
-    each("network.protocol.version", Shared::Static(version));
+    each(
+        "network.protocol.version",
+        Shared::Static(protocol_version(request)),
+    );
     if let Some(meta) = request.meta {
         each("server.port", Shared::Int(i64::from(meta.local_port)));
     }
     if request.status >= 500 {
         let status = StackText::<5>::format(format_args!("{}", request.status));
         each("error.type", Shared::Str(status.as_str()));
+    }
+}
+
+/// `network.protocol.version`.
+fn protocol_version(request: &CompletedRequest) -> &'static str {
+    if request.request.minor_version == 0 {
+        "1.0"
+    } else {
+        "1.1"
     }
 }
 
@@ -181,12 +188,10 @@ fn call_attributes(request: &CompletedRequest, mut each: impl FnMut(&'static str
         each("server.port", Shared::Int(i64::from(port)));
     }
     each("url.scheme", Shared::Static("http"));
-    let version = if request.request.minor_version == 0 {
-        "1.0"
-    } else {
-        "1.1"
-    };
-    each("network.protocol.version", Shared::Static(version));
+    each(
+        "network.protocol.version",
+        Shared::Static(protocol_version(request)),
+    );
     if let Some(error) = call_error(request) {
         each("error.type", Shared::Str(error.as_str()));
     }
