@@ -1150,7 +1150,8 @@ mod tests {
 
         fn io(&mut self, sock: u64, tid: u32, direction: Direction, at: u64, bytes: &[u8]) {
             let seq = self.seqs.entry(sock).or_default();
-            let head = bytes.starts_with(b"GET") || bytes.starts_with(b"HTTP");
+            // The kernel copies message starts; other bytes are body.
+            let head = tracer_common::may_start_http_message(bytes);
             let data = Data {
                 tgid: 9,
                 tid,
@@ -1226,6 +1227,57 @@ mod tests {
             in_flight.iter().all(|(_, count)| *count == 0),
             "calls are not served requests"
         );
+    }
+
+    #[test]
+    fn calls_with_bodies_on_a_keep_alive_connection_each_get_a_span() {
+        let mut host = Host::new();
+        host.open(CALL, Side::Client, (40000, 8001));
+        // Head and body in one write (the kernel copies the head alone),
+        // then head and body in two (the body write is no record).
+        host.io(
+            CALL,
+            5,
+            Direction::Send,
+            10,
+            b"POST /a HTTP/1.1\r\nContent-Length: 2\r\n\r\n",
+        );
+        host.io(
+            CALL,
+            5,
+            Direction::Recv,
+            20,
+            b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+        );
+        host.io(
+            CALL,
+            5,
+            Direction::Send,
+            30,
+            b"POST /b HTTP/1.1\r\nContent-Length: 4\r\n\r\n",
+        );
+        host.io(
+            CALL,
+            5,
+            Direction::Recv,
+            40,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n",
+        );
+        host.io(CALL, 5, Direction::Recv, 50, b"ok");
+        let calls: Vec<(&str, u16, u64, u64)> = host
+            .done
+            .iter()
+            .map(|call| {
+                (
+                    call.request.path.as_str(),
+                    call.status,
+                    call.start_ns,
+                    call.end_ns,
+                )
+            })
+            .collect();
+        assert_eq!(calls, [("/a", 201, 10, 20), ("/b", 200, 30, 50)]);
+        assert_eq!(host.assembler.counters, AssemblyCounters::default());
     }
 
     #[test]
