@@ -21,10 +21,12 @@
 //! traced as a server here, so never waits).
 use std::{
     cell::{Cell, RefCell},
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     rc::{Rc, Weak},
     sync::Arc,
 };
+
+use foldhash::HashMap;
 
 pub type TraceId = [u8; 16];
 pub type SpanId = [u8; 8];

@@ -17,11 +17,9 @@
 //! convention. Each traced service has its own [`RouteConfig`] and one
 //! [`Routes`] (trie and limits), shared by its instances and by no other
 //! service.
-use std::{
-    collections::{HashMap, HashSet},
-    str::FromStr,
-    sync::Arc,
-};
+use std::{str::FromStr, sync::Arc};
+
+use foldhash::{HashMap, HashSet};
 
 use opentelemetry::KeyValue;
 
@@ -321,7 +319,7 @@ struct Limited {
 impl Limited {
     fn new(limit: usize) -> Self {
         Self {
-            admitted: HashSet::new(),
+            admitted: HashSet::default(),
             limit,
         }
     }
