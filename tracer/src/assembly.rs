@@ -17,11 +17,9 @@
 //! writes requests (its calls, from their first byte written to the last
 //! response byte read) and reads responses. Both are assembled alike; their
 //! place in a trace comes from [`TraceContext`].
-use std::{
-    collections::{HashMap, VecDeque},
-    rc::Rc,
-    sync::Arc,
-};
+use std::{collections::VecDeque, rc::Rc, sync::Arc};
+
+use foldhash::HashMap;
 
 use tracer_common::ConnMeta;
 
@@ -1123,7 +1121,7 @@ mod tests {
             let names = vec!["traceparent".into(), "tracestate".into()];
             Self {
                 assembler: Assembler::new(false).capturing(names, 0),
-                seqs: HashMap::new(),
+                seqs: HashMap::default(),
                 done: Vec::new(),
             }
         }

@@ -4,7 +4,9 @@
 //! ended first). Each pending exchange holds an [`InFlight`] token that
 //! counts it while it lives: however an exchange goes, dropping it uncounts
 //! it, so the count cannot drift from what assembly holds.
-use std::{cell::RefCell, collections::HashMap, rc::Rc};
+use std::{cell::RefCell, rc::Rc};
+
+use foldhash::HashMap;
 
 /// What the in-flight count is broken down by: the process (the daemon
 /// maps it to its instance), the local port and the method as the

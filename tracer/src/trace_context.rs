@@ -26,11 +26,12 @@
 //! root, never a wrong parent.)
 use std::{
     cell::{Cell, RefCell},
-    collections::{HashMap, VecDeque},
     rc::{Rc, Weak},
     sync::Arc,
 };
 
+use foldhash::HashMap;
+use smallvec::SmallVec;
 use tracer_common::{AF_INET, AF_INET6, ConnMeta};
 
 pub type TraceId = [u8; 16];
@@ -221,6 +222,10 @@ impl CallKey {
     }
 }
 
+/// The requests under one [`CallKey`], oldest first: almost always one
+/// (a connection has one request in flight), kept inline, not allocated.
+type Queue = SmallVec<[Weak<SpanContext>; 1]>;
+
 /// Requests in flight, by what their children and peers look them up by.
 /// Entries are weak: a request that ends, however it ends, leaves them.
 #[derive(Default)]
@@ -228,9 +233,9 @@ pub struct TraceContext {
     /// The server request each thread is serving, by thread id.
     serving: HashMap<u32, Weak<SpanContext>>,
     /// Calls whose server has not been seen to read them, oldest first.
-    calls: HashMap<CallKey, VecDeque<Weak<SpanContext>>>,
+    calls: HashMap<CallKey, Queue>,
     /// Server requests with no parent yet, that a call may still claim.
-    waiting: HashMap<CallKey, VecDeque<Weak<SpanContext>>>,
+    waiting: HashMap<CallKey, Queue>,
 }
 
 impl TraceContext {
@@ -313,29 +318,31 @@ impl TraceContext {
 }
 
 /// The oldest request under `key` still in flight.
-fn pop_live(
-    queues: &mut HashMap<CallKey, VecDeque<Weak<SpanContext>>>,
-    key: CallKey,
-) -> Option<Rc<SpanContext>> {
+fn pop_live(queues: &mut HashMap<CallKey, Queue>, key: CallKey) -> Option<Rc<SpanContext>> {
     let queue = queues.get_mut(&key)?;
-    let live = std::iter::from_fn(|| queue.pop_front()).find_map(|entry| entry.upgrade());
+    let found = queue
+        .iter()
+        .enumerate()
+        .find_map(|(index, entry)| Some((index, entry.upgrade()?)));
+    // The ended requests before it go too.
+    let taken = found.as_ref().map_or(queue.len(), |(index, _)| index + 1);
+    queue.drain(..taken);
+    let live = found.map(|(_, context)| context);
     if queue.is_empty() {
         queues.remove(&key);
     }
     live
 }
 
-fn push_live(
-    queues: &mut HashMap<CallKey, VecDeque<Weak<SpanContext>>>,
-    key: CallKey,
-    context: &Rc<SpanContext>,
-) {
+fn push_live(queues: &mut HashMap<CallKey, Queue>, key: CallKey, context: &Rc<SpanContext>) {
     let queue = queues.entry(key).or_default();
     // Requests that ended before anything claimed them go first.
-    while queue.front().is_some_and(|entry| entry.strong_count() == 0) {
-        queue.pop_front();
-    }
-    queue.push_back(Rc::downgrade(context));
+    let ended = queue
+        .iter()
+        .take_while(|entry| entry.strong_count() == 0)
+        .count();
+    queue.drain(..ended);
+    queue.push(Rc::downgrade(context));
 }
 
 #[cfg(test)]

@@ -159,7 +159,7 @@ impl SpanBuilder<'_> {
         let server = self.span(
             (trace_id, server_id, parent),
             SpanKind::Server,
-            resolved.span_name.clone().into(),
+            resolved.span_name.to_string().into(),
             (request.start_ns, request.end_ns),
             attributes,
             status,

@@ -17,11 +17,9 @@
 //! convention. Each traced service has its own [`RouteConfig`] and one
 //! [`Routes`] (trie and limits), shared by its instances and by no other
 //! service.
-use std::{
-    collections::{HashMap, HashSet},
-    str::FromStr,
-    sync::Arc,
-};
+use std::{str::FromStr, sync::Arc};
+
+use foldhash::{HashMap, HashSet};
 
 use opentelemetry::KeyValue;
 
@@ -44,6 +42,10 @@ pub const DEFAULT_COLLAPSE_CHILDREN: u32 = 10;
 pub const DEFAULT_ROUTE_LIMIT: u32 = 1_000;
 /// `--span-name-limit`: distinct server span names.
 pub const DEFAULT_SPAN_NAME_LIMIT: u32 = 1_000;
+/// Resolutions kept, by `{method} {path}`; the cache is emptied when full.
+const CACHED_RESOLUTIONS: usize = 1_024;
+/// Longer keys are resolved every time, so the cache stays small.
+const MAX_CACHED_KEY: usize = 256;
 
 /// What gives `http.route` to a path that no `--route` pattern matches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -321,7 +323,7 @@ struct Limited {
 impl Limited {
     fn new(limit: usize) -> Self {
         Self {
-            admitted: HashSet::new(),
+            admitted: HashSet::default(),
             limit,
         }
     }
@@ -341,12 +343,12 @@ impl Limited {
 }
 
 /// What a request is named and tagged with.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Resolved {
     /// `http.route`, when known; the span carries it even past the route
     /// limit, which bounds metrics only.
     pub route: Option<Arc<str>>,
-    pub span_name: String,
+    pub span_name: Arc<str>,
     /// The route is past `--route-limit`: the metric records the overflow.
     metric_overflow: bool,
 }
@@ -365,7 +367,16 @@ impl Resolved {
     }
 }
 
-/// The per-service route state: patterns, trie, and both limits.
+/// A resolution as the cache keeps it, with whether its span name was
+/// past the limit: overflows are counted per request, hit or not.
+#[derive(Clone)]
+struct Resolution {
+    resolved: Resolved,
+    span_name_overflow: bool,
+}
+
+/// The per-service route state: patterns, trie, both limits, and the
+/// resolutions of recent requests.
 pub struct Routes {
     /// Most specific first.
     patterns: Vec<RoutePattern>,
@@ -373,6 +384,12 @@ pub struct Routes {
     trie: RouteTrie,
     metric_routes: Limited,
     span_names: Limited,
+    /// A request resolves as it did the first time: the trie and the
+    /// limits only ever learn, and what they learned stays. So a repeat
+    /// skips the trie, the span name's formatting and both limits.
+    cached: HashMap<Box<str>, Resolution>,
+    /// The cache's key of the request being resolved, reused.
+    key: String,
     stats: Arc<Stats>,
 }
 
@@ -386,37 +403,69 @@ impl Routes {
             trie: RouteTrie::new(config.collapse_children, MAX_TRIE_NODES),
             metric_routes: Limited::new(config.route_limit),
             span_names: Limited::new(config.span_name_limit),
+            cached: HashMap::default(),
+            key: String::new(),
             stats,
         }
     }
 
     pub fn resolve(&mut self, request: &CompletedRequest) -> Resolved {
-        let method = &request.request.method;
-        let Some(route) = self.route(&request.request.path) else {
-            return Resolved {
-                route: None,
-                span_name: method.clone(),
-                metric_overflow: false,
-            };
-        };
-        let span_name = format!("{method} {route}");
-        let span_name = if self.span_names.admit(&span_name).is_some() {
-            span_name
-        } else {
-            self.stats.count_overflow(Overflow::SpanName);
-            method.clone()
-        };
-        let (route, metric_overflow) = match self.metric_routes.admit(&route) {
-            Some(admitted) => (admitted, false),
+        let (method, path) = (&request.request.method, &request.request.path);
+        let mut key = std::mem::take(&mut self.key);
+        key.clear();
+        key.extend([method.as_str(), " ", path.as_str()]);
+        let resolution = match self.cached.get(key.as_str()) {
+            Some(cached) => cached.clone(),
             None => {
-                self.stats.count_overflow(Overflow::Route);
-                (route.into(), true)
+                let resolution = self.resolve_anew(method, path);
+                if key.len() <= MAX_CACHED_KEY {
+                    if self.cached.len() >= CACHED_RESOLUTIONS {
+                        self.cached.clear();
+                    }
+                    self.cached.insert(key.as_str().into(), resolution.clone());
+                }
+                resolution
             }
         };
-        Resolved {
-            route: Some(route),
-            span_name,
-            metric_overflow,
+        self.key = key;
+        if resolution.span_name_overflow {
+            self.stats.count_overflow(Overflow::SpanName);
+        }
+        if resolution.resolved.metric_overflow {
+            self.stats.count_overflow(Overflow::Route);
+        }
+        resolution.resolved
+    }
+
+    /// Resolves a request through the patterns, the trie and the limits
+    /// (which learn from it).
+    fn resolve_anew(&mut self, method: &str, path: &str) -> Resolution {
+        let Some(route) = self.route(path) else {
+            return Resolution {
+                resolved: Resolved {
+                    route: None,
+                    span_name: method.into(),
+                    metric_overflow: false,
+                },
+                span_name_overflow: false,
+            };
+        };
+        let (span_name, span_name_overflow) =
+            match self.span_names.admit(&format!("{method} {route}")) {
+                Some(admitted) => (admitted, false),
+                None => (method.into(), true),
+            };
+        let (route, metric_overflow) = match self.metric_routes.admit(&route) {
+            Some(admitted) => (admitted, false),
+            None => (route.into(), true),
+        };
+        Resolution {
+            resolved: Resolved {
+                route: Some(route),
+                span_name,
+                metric_overflow,
+            },
+            span_name_overflow,
         }
     }
 
@@ -549,13 +598,10 @@ mod tests {
     fn span_names_follow_the_route_and_the_query_is_no_part_of_it() {
         let (mut routes, _) = routes_with(RouteConfig::default());
         let resolved = routes.resolve(&request("POST", "/users/31?token=secret"));
-        assert_eq!(resolved.span_name, "POST /users/{id}");
+        assert_eq!(&*resolved.span_name, "POST /users/{id}");
         assert_eq!(resolved.route.as_deref(), Some("/users/{id}"));
         let starred = routes.resolve(&request("OPTIONS", "*"));
-        assert_eq!(
-            (starred.span_name.as_str(), starred.route),
-            ("OPTIONS", None)
-        );
+        assert_eq!((&*starred.span_name, starred.route), ("OPTIONS", None));
     }
 
     #[test]
@@ -685,7 +731,7 @@ mod tests {
     fn series(
         routes: &mut Routes,
         paths: impl Iterator<Item = String>,
-    ) -> (BTreeSet<String>, BTreeSet<String>) {
+    ) -> (BTreeSet<String>, BTreeSet<Arc<str>>) {
         let mut metric_routes = BTreeSet::new();
         let mut span_names = BTreeSet::new();
         for path in paths {
@@ -696,6 +742,48 @@ mod tests {
             span_names.insert(resolved.span_name);
         }
         (metric_routes, span_names)
+    }
+
+    #[test]
+    fn a_repeated_request_resolves_as_the_first_time_and_counts_its_overflows_again() {
+        let (mut routes, stats) = routes_with(RouteConfig {
+            unmatched: UnmatchedRoute::Path,
+            route_limit: 1,
+            span_name_limit: 1,
+            ..RouteConfig::default()
+        });
+        let admitted = routes.resolve(&request("GET", "/a"));
+        for _ in 0..3 {
+            let late = routes.resolve(&request("GET", "/b"));
+            let got = (
+                &*late.span_name,
+                late.route.as_deref(),
+                late.metric_overflow,
+            );
+            assert_eq!(got, ("GET", Some("/b"), true));
+        }
+        let again = routes.resolve(&request("GET", "/a"));
+        assert_eq!(
+            (&*again.span_name, again.route, again.metric_overflow),
+            (&*admitted.span_name, admitted.route, false)
+        );
+        let overflows: Vec<_> = stats.overflows().collect();
+        assert_eq!(overflows, [(Overflow::Route, 3), (Overflow::SpanName, 3)]);
+    }
+
+    #[test]
+    fn more_requests_than_the_cache_holds_resolve_as_before() {
+        let (mut routes, _) = routes_with(RouteConfig::default());
+        let first = routes.resolve(&request("GET", "/users/7/orders"));
+        for n in 0..=CACHED_RESOLUTIONS {
+            routes.resolve(&request("GET", &format!("/users/7/{}", word(n))));
+        }
+        let again = routes.resolve(&request("GET", "/users/7/orders"));
+        assert_eq!(again.route.as_deref(), Some("/users/{id}/orders"));
+        assert_eq!(
+            (again.span_name, again.route),
+            (first.span_name, first.route)
+        );
     }
 
     #[test]
@@ -750,6 +838,6 @@ mod tests {
             ]
         );
         assert_eq!(late.route.as_deref(), Some("/late/arrival"));
-        assert_eq!(late.span_name, "GET");
+        assert_eq!(&*late.span_name, "GET");
     }
 }
