@@ -1,0 +1,133 @@
+//! The OpenSSL uprobes, per traced process: loaded with the other
+//! programs, attached for each process that maps a libssl defining the
+//! functions (`openssl.rs` finds them), for that process alone, so that no
+//! other process on the host pays a uprobe hit; detached when it exits.
+//! A forked child gets its own attachment: a perf-event uprobe follows
+//! one process, not its children.
+use std::{collections::HashMap, num::NonZeroU32};
+
+use aya::{
+    Ebpf,
+    programs::{
+        ProgramError, UProbe,
+        uprobe::{UProbeLinkId, UProbeScope},
+    },
+};
+
+use super::openssl::{Finder, Form, Library, OpenSslError};
+use crate::events::Direction;
+
+/// The programs: an entry per [`Form`], a return per direction.
+const ENTRY: &str = "ssl_call_entry";
+const EX_ENTRY: &str = "ssl_call_ex_entry";
+const READ_RETURN: &str = "ssl_read_return";
+const WRITE_RETURN: &str = "ssl_write_return";
+const PROGRAMS: [&str; 4] = [ENTRY, EX_ENTRY, READ_RETURN, WRITE_RETURN];
+
+#[derive(Debug, thiserror::Error)]
+pub enum UprobeError {
+    #[error(transparent)]
+    OpenSsl(#[from] OpenSslError),
+    #[error("the BPF object has no program {0} (build mismatch)")]
+    MissingProgram(&'static str),
+    #[error("cannot attach {program} to {function} in {library}: {source}")]
+    Attach {
+        program: &'static str,
+        function: &'static str,
+        library: String,
+        #[source]
+        source: ProgramError,
+    },
+}
+
+/// The loaded programs' attachments, by process.
+pub struct TlsProbes {
+    finder: Finder,
+    attached: HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
+}
+
+impl TlsProbes {
+    /// Loads the programs (the verifier checks them now, once).
+    pub fn load(ebpf: &mut Ebpf) -> Result<Self, ProgramError> {
+        for name in PROGRAMS {
+            program(ebpf, name)
+                .map_err(|_| ProgramError::UnexpectedProgramType)?
+                .load()?;
+        }
+        Ok(Self {
+            finder: Finder::default(),
+            attached: HashMap::new(),
+        })
+    }
+
+    /// Whether `pid` has the uprobes.
+    pub fn is_attached(&self, pid: u32) -> bool {
+        self.attached.contains_key(&pid)
+    }
+
+    /// Attaches the uprobes for `pid` to its libssl: returns the library,
+    /// or why not (nothing is left attached then).
+    pub fn attach(&mut self, ebpf: &mut Ebpf, pid: u32) -> Result<Library, UprobeError> {
+        let library = self.finder.find(pid)?;
+        let Some(scope) = NonZeroU32::new(pid).map(UProbeScope::OneProcess) else {
+            return Err(OpenSslError::NoLibrary { static_in: None }.into());
+        };
+        let mut links = Vec::new();
+        // Returns before entries: a return without its entry does nothing,
+        // an entry without its return would leave its call noted.
+        let order = |entry: bool| {
+            library.functions.iter().map(move |&(function, offset)| {
+                let program = match (entry, function.form, function.direction) {
+                    (true, Form::Count, _) => ENTRY,
+                    (true, Form::Ex, _) => EX_ENTRY,
+                    (false, _, Direction::Recv) => READ_RETURN,
+                    (false, _, Direction::Send) => WRITE_RETURN,
+                };
+                (program, function.name, offset)
+            })
+        };
+        for (name, function, offset) in order(false).chain(order(true)) {
+            let attached = program(ebpf, name).and_then(|program| {
+                program
+                    .attach(offset, &library.path, scope)
+                    .map_err(|source| UprobeError::Attach {
+                        program: name,
+                        function,
+                        library: library.mapped.clone(),
+                        source,
+                    })
+            });
+            match attached {
+                Ok(link) => links.push((name, link)),
+                Err(err) => {
+                    detach_links(ebpf, links);
+                    return Err(err);
+                }
+            }
+        }
+        self.attached.insert(pid, links);
+        Ok(library)
+    }
+
+    /// Detaches `pid`'s uprobes, if it had them (it exited).
+    pub fn detach(&mut self, ebpf: &mut Ebpf, pid: u32) {
+        if let Some(links) = self.attached.remove(&pid) {
+            detach_links(ebpf, links);
+        }
+    }
+}
+
+fn detach_links(ebpf: &mut Ebpf, links: Vec<(&'static str, UProbeLinkId)>) {
+    for (name, link) in links {
+        if let Ok(program) = program(ebpf, name) {
+            // Already gone with its process: nothing more to free.
+            let _ = program.detach(link);
+        }
+    }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, UprobeError> {
+    ebpf.program_mut(name)
+        .and_then(|program| <&mut UProbe>::try_from(program).ok())
+        .ok_or(UprobeError::MissingProgram(name))
+}
