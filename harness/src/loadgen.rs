@@ -21,11 +21,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
+use tokio::task::JoinSet;
 use tokio_rustls::{
     TlsConnector,
     rustls::{ClientConfig, pki_types::ServerName},
 };
-use tokio::task::JoinSet;
 
 use crate::clock::{PreciseTimer, WallClock, mono_ns};
 use crate::http1::{self, HttpError};

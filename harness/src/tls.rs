@@ -43,13 +43,12 @@ impl ServerTls {
             let cert = cert.map_err(|err| unusable(err.to_string()))?;
             roots.add(cert).map_err(|err| unusable(err.to_string()))?;
         }
-        let client = ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|err| unusable(err.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let client =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|err| unusable(err.to_string()))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
         Ok(Self {
             certificate,
             key,
