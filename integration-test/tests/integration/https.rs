@@ -32,6 +32,21 @@ fn certificate(dir: &Path) -> ServerTls {
     ServerTls::new(certificate_path, key_path).expect("a usable certificate")
 }
 
+/// `tracer doctor --pid <pid>`'s line about the HTTPS of `pid`.
+fn doctor_says(pid: u32) -> String {
+    let output = Command::new(tracer_bin())
+        .args(["doctor", "--pid", &pid.to_string()])
+        .output()
+        .expect("doctor runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let topic = format!("HTTPS of pid {pid} (OpenSSL): ");
+    stdout
+        .lines()
+        .find(|line| line.contains(&topic))
+        .unwrap_or_else(|| panic!("doctor says nothing of pid {pid}: {stdout}"))
+        .to_owned()
+}
+
 fn scratch(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("tracer-https-{}-{name}", std::process::id()))
 }
@@ -52,6 +67,13 @@ async fn every_https_request_becomes_one_correct_span() {
     let tracer = Tracer::start(app.master_pid(), &sink, "flask-https");
     let addr = app.addr();
     for worker in app.worker_pids().expect("workers") {
+        let line = doctor_says(worker);
+        assert!(
+            line.trim_start().starts_with("ok")
+                && line.contains("libssl.so")
+                && line.contains("SSL_read_ex, SSL_write, SSL_write_ex"),
+            "{line}"
+        );
         let said = format!("HTTPS: pid {worker}: uprobes on ");
         assert!(
             eventually(Duration::from_secs(10), || tracer.log().contains(&said)).await,
@@ -168,6 +190,11 @@ async fn plain_http_is_traced_where_https_cannot_be() {
         let sink = start_sink().await;
         let service = "plain-python";
         let tracer = Tracer::start(pid, &sink, service);
+        let line = doctor_says(pid);
+        assert!(
+            line.trim_start().starts_with("no") && line.contains(&reason),
+            "{line}"
+        );
         let said = format!("HTTPS: pid {pid}: {reason}");
         assert!(
             eventually(Duration::from_secs(10), || tracer.log().contains(&said)).await,

@@ -218,6 +218,11 @@ impl KernelSide {
         }
     }
 
+    /// Whether the kernel took the OpenSSL uprobe programs, or why not.
+    pub fn tls_programs(&self) -> Result<(), String> {
+        self.tls.as_ref().map(|_| ()).map_err(Clone::clone)
+    }
+
     /// Whether process `pid` has the OpenSSL uprobes.
     pub fn traces_tls(&self, pid: u32) -> bool {
         self.tls.as_ref().is_ok_and(|tls| tls.is_attached(pid))

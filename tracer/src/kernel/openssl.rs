@@ -101,10 +101,13 @@ pub enum OpenSslError {
     MissingSymbols { path: String, wanted: String },
 }
 
+/// Each function a file defines, with its offset in the file.
+type Offsets = Arc<Vec<(Function, u64)>>;
+
 /// What files were found to hold, by device and inode.
 #[derive(Default)]
 pub struct Finder {
-    libraries: HashMap<(u64, u64), Arc<Vec<(Function, u64)>>>,
+    libraries: HashMap<(u64, u64), Offsets>,
     executables: HashMap<(u64, u64), bool>,
 }
 

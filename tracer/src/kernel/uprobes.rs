@@ -36,7 +36,7 @@ pub enum UprobeError {
         function: &'static str,
         library: String,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
 }
 
@@ -94,7 +94,7 @@ impl TlsProbes {
                         program: name,
                         function,
                         library: library.mapped.clone(),
-                        source,
+                        source: Box::new(source),
                     })
             });
             match attached {
