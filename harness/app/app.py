@@ -2,7 +2,9 @@
 tests need: a 404, a 500, a POST that reads its body, a light endpoint, and
 one with an identifier in its path, and one that takes a known time.
 
-And routes that call other servers, for the tracer's CLIENT spans: /chain
+And routes that call other servers (over http or https, as their base URL
+says; SSL_CERT_FILE and REQUESTS_CA_BUNDLE name the CA to trust), for the
+tracer's CLIENT spans: /chain
 calls the service at CHAIN_DOWNSTREAM twice (with requests on a keep-alive
 session, then with http.client) and the server at CHAIN_UNTRACED once;
 /call-status, /call-reset and /call-refused call CALL_STATUS, CALL_RESET
@@ -69,12 +71,14 @@ def user(user_id):
 
 
 def get(variable, path):
-    """GET `path` of the server at the base URL in `variable` with
-    http.client, on a connection of its own; the status."""
+    """GET `path` of the server at the base URL in `variable` (http or
+    https) with http.client, on a connection of its own; the status."""
     url = urllib.parse.urlsplit(os.environ[variable])
-    connection = http.client.HTTPConnection(
-        url.hostname, url.port, timeout=CALL_TIMEOUT_SECONDS
-    )
+    if url.scheme == "https":
+        connect = http.client.HTTPSConnection
+    else:
+        connect = http.client.HTTPConnection
+    connection = connect(url.hostname, url.port, timeout=CALL_TIMEOUT_SECONDS)
     try:
         connection.request("GET", path)
         response = connection.getresponse()

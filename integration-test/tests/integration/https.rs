@@ -11,26 +11,9 @@ use std::{
     time::Duration,
 };
 
-use harness::{
-    app::{App, free_port},
-    tls::ServerTls,
-};
+use harness::app::{App, free_port};
 
 use crate::support::*;
-
-/// A self-signed certificate for 127.0.0.1, in a directory of its own.
-fn certificate(dir: &Path) -> ServerTls {
-    std::fs::create_dir_all(dir).expect("certificate directory");
-    let key = rcgen::KeyPair::generate().expect("key");
-    let certificate = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .expect("parameters")
-        .self_signed(&key)
-        .expect("certificate");
-    let (certificate_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&certificate_path, certificate.pem()).expect("write certificate");
-    std::fs::write(&key_path, key.serialize_pem()).expect("write key");
-    ServerTls::new(certificate_path, key_path).expect("a usable certificate")
-}
 
 /// `tracer doctor --pid <pid>`'s line about the HTTPS of `pid`.
 fn doctor_says(pid: u32) -> String {

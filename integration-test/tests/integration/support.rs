@@ -7,7 +7,7 @@ use std::{
     collections::HashMap,
     io::{BufRead as _, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Command,
     sync::{
         Arc, Mutex,
@@ -28,6 +28,7 @@ use harness::{
     losses::Losses,
     patience,
     sink::{ReceivedSpan, Sink},
+    tls::ServerTls,
     tracer::{Launch, TracerProcess},
 };
 
@@ -62,6 +63,20 @@ pub async fn start_app(worker_class: WorkerClass, extra_args: &[&str]) -> App {
     options.worker_class = worker_class;
     options.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
     App::start(&options).await.expect("gunicorn starts")
+}
+
+/// A self-signed certificate for 127.0.0.1, in a directory of its own.
+pub fn certificate(dir: &Path) -> ServerTls {
+    std::fs::create_dir_all(dir).expect("certificate directory");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let certificate = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .expect("parameters")
+        .self_signed(&key)
+        .expect("certificate");
+    let (certificate_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&certificate_path, certificate.pem()).expect("write certificate");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+    ServerTls::new(certificate_path, key_path).expect("a usable certificate")
 }
 
 /// The bare app's options, to adjust before [`App::start`].

@@ -15,6 +15,7 @@ use std::{
 use harness::{
     app::{App, WorkerClass},
     sink::ReceivedSpan,
+    tls::ServerTls,
 };
 use serde_json::Value;
 
@@ -27,10 +28,12 @@ const CHAINS: usize = 200;
 const SPANS_ARRIVE: Duration = Duration::from_secs(60);
 
 /// gunicorn with threaded workers, so that a call's parent must be its
-/// thread's request, not its process's; `env` tells routes whom to call.
-async fn gunicorn(env: &[(&str, String)]) -> App {
+/// thread's request, not its process's; `env` tells routes whom to call;
+/// serving HTTPS with `tls`.
+async fn gunicorn(env: &[(&str, String)], tls: Option<&ServerTls>) -> App {
     let mut options = app_options();
     options.worker_class = keep_alive_class();
+    options.tls = tls.cloned();
     options.env = env
         .iter()
         .map(|(name, value)| (name.to_string(), value.clone()))
@@ -43,19 +46,31 @@ async fn gunicorn(env: &[(&str, String)]) -> App {
 struct Chain {
     upstream: App,
     downstream: App,
+    /// Downstream's: `https` when it serves TLS.
+    scheme: &'static str,
     untraced: CannedServer,
     config: PathBuf,
 }
 
 impl Chain {
-    async fn start() -> Chain {
+    /// Downstream serves HTTPS with `tls`, and upstream trusts its
+    /// certificate.
+    async fn start(tls: Option<&ServerTls>) -> Chain {
         let untraced = CannedServer::start(Canned::Status(200));
-        let downstream = gunicorn(&[]).await;
-        let upstream = gunicorn(&[
-            ("CHAIN_DOWNSTREAM", format!("http://{}", downstream.addr())),
+        let downstream = gunicorn(&[], tls).await;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut env = vec![
+            (
+                "CHAIN_DOWNSTREAM",
+                format!("{scheme}://{}", downstream.addr()),
+            ),
             ("CHAIN_UNTRACED", untraced.base_url()),
-        ])
-        .await;
+        ];
+        if let Some(tls) = tls {
+            let ca = tls.certificate.display().to_string();
+            env.extend([("SSL_CERT_FILE", ca.clone()), ("REQUESTS_CA_BUNDLE", ca)]);
+        }
+        let upstream = gunicorn(&env, None).await;
         let config = std::env::temp_dir().join(format!("tracer-chain-{}.yaml", std::process::id()));
         std::fs::write(
             &config,
@@ -69,6 +84,7 @@ impl Chain {
         Chain {
             upstream,
             downstream,
+            scheme,
             untraced,
             config,
         }
@@ -118,8 +134,8 @@ fn is_hex(text: &str, len: usize) -> bool {
 }
 
 /// A CLIENT span's attributes are those of a successful GET of `path` on
-/// 127.0.0.1:`port`.
-fn assert_call(call: &ReceivedSpan, port: u16, path: &str) {
+/// 127.0.0.1:`port` over `scheme`.
+fn assert_call(call: &ReceivedSpan, scheme: &str, port: u16, path: &str) {
     assert_eq!(call.kind, "CLIENT");
     assert_eq!(call.name, "GET");
     assert_eq!(attr_str(call, "http.request.method"), "GET");
@@ -127,8 +143,9 @@ fn assert_call(call: &ReceivedSpan, port: u16, path: &str) {
     assert_eq!(attr_i64(call, "server.port"), i64::from(port));
     assert_eq!(
         attr_str(call, "url.full"),
-        format!("http://127.0.0.1:{port}{path}")
+        format!("{scheme}://127.0.0.1:{port}{path}")
     );
+    assert_eq!(attr_str(call, "url.scheme"), scheme);
     assert_eq!(attr_i64(call, "http.response.status_code"), 200);
     assert_eq!(attr_str(call, "network.peer.address"), "127.0.0.1");
     assert_eq!(attr_i64(call, "network.peer.port"), i64::from(port));
@@ -141,6 +158,7 @@ fn target(call: &ReceivedSpan) -> (u16, String) {
     let url = attr_str(call, "url.full");
     let path = url
         .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
         .and_then(|rest| rest.find('/').map(|at| rest[at..].to_owned()))
         .unwrap_or_else(|| panic!("url.full {url:?} is no http URL with a path"));
     (port, path)
@@ -153,7 +171,22 @@ fn target(call: &ReceivedSpan) -> (u16, String) {
 /// of the two calls that reached it; none linked across traces.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chain_requests_form_one_trace_each() {
-    let chain = Chain::start().await;
+    chains_form_one_trace_each(None).await;
+}
+
+/// The same over HTTPS to downstream (gunicorn `--certfile`): upstream's
+/// calls are seen in its libssl, downstream's requests in its own, and the
+/// two are linked by their connection's ports as plain ones are, because
+/// OpenSSL's records carry their real socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_chain_requests_form_one_trace_each() {
+    let dir = std::env::temp_dir().join(format!("tracer-chain-tls-{}", std::process::id()));
+    chains_form_one_trace_each(Some(&certificate(&dir))).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+async fn chains_form_one_trace_each(tls: Option<&ServerTls>) {
+    let chain = Chain::start(tls).await;
     let sink = start_sink().await;
     // Started once both answer: their readiness probes make no spans.
     let tracer = Tracer::select(&sink, &["--config", &chain.config_path()]);
@@ -214,7 +247,12 @@ async fn chain_requests_form_one_trace_each() {
             assert_eq!(call.service, UPSTREAM);
             assert_eq!(call.parent_span_id, root.span_id, "{call:?}");
             let (port, path) = target(call);
-            assert_call(call, port, &path);
+            let scheme = if port == downstream_port {
+                chain.scheme
+            } else {
+                "http"
+            };
+            assert_call(call, scheme, port, &path);
             // The call happened while upstream served the request.
             assert!(
                 root.start_unix_ns <= call.start_unix_ns && call.end_unix_ns <= root.end_unix_ns,
@@ -228,6 +266,7 @@ async fn chain_requests_form_one_trace_each() {
                 assert_eq!(under.len(), 1, "one downstream span under {call:?}");
                 assert_eq!(under[0].service, DOWNSTREAM);
                 assert_eq!(attr_str(under[0], "url.path"), path);
+                assert_eq!(attr_str(under[0], "url.scheme"), chain.scheme);
                 served.push(under[0].span_id.as_str());
             } else {
                 assert_eq!(under.len(), 0, "the untraced server has no span");
@@ -484,7 +523,7 @@ async fn failed_calls_are_client_spans_with_error_status() {
 /// and ids linked as the spans are.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_lines_carry_kind_and_ids() {
-    let chain = Chain::start().await;
+    let chain = Chain::start(None).await;
     let mut command = Command::new(tracer_bin());
     command
         .args(["--config", &chain.config_path()])
