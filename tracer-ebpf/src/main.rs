@@ -100,26 +100,32 @@ pub fn tcp_sendmsg_return(ctx: RetProbeContext) -> u32 {
 
 /// `SSL_read` and `SSL_write`, and their `_ex` forms (OpenSSL 1.1.1+).
 #[uprobe]
-pub fn ssl_call_entry(ctx: ProbeContext) -> u32 {
-    probes::tls::on_call_entry::<false>(&ctx);
+pub fn ssl_read_entry(ctx: ProbeContext) -> u32 {
+    probes::tls::on_call_entry::<false>(&ctx, DIRECTION_RECV);
     0
 }
 
 #[uprobe]
-pub fn ssl_call_ex_entry(ctx: ProbeContext) -> u32 {
-    probes::tls::on_call_entry::<true>(&ctx);
+pub fn ssl_read_ex_entry(ctx: ProbeContext) -> u32 {
+    probes::tls::on_call_entry::<true>(&ctx, DIRECTION_RECV);
+    0
+}
+
+#[uprobe]
+pub fn ssl_write_entry(ctx: ProbeContext) -> u32 {
+    probes::tls::on_call_entry::<false>(&ctx, DIRECTION_SEND);
+    0
+}
+
+#[uprobe]
+pub fn ssl_write_ex_entry(ctx: ProbeContext) -> u32 {
+    probes::tls::on_call_entry::<true>(&ctx, DIRECTION_SEND);
     0
 }
 
 #[uretprobe]
-pub fn ssl_read_return(ctx: RetProbeContext) -> u32 {
-    probes::tls::on_call_return(&ctx, DIRECTION_RECV);
-    0
-}
-
-#[uretprobe]
-pub fn ssl_write_return(ctx: RetProbeContext) -> u32 {
-    probes::tls::on_call_return(&ctx, DIRECTION_SEND);
+pub fn ssl_call_return(ctx: RetProbeContext) -> u32 {
+    probes::tls::on_call_return(&ctx);
     0
 }
 

@@ -31,7 +31,8 @@ use crate::{
     maps::{CONNECTIONS, EVENTS, LISTEN_PORTS, count, current_task, is_traced, wakeup_flags},
     probes::{
         connection::{addresses, emit_conn_event, field},
-        headers, tls,
+        headers,
+        tls::{self, Claim},
     },
 };
 
@@ -50,12 +51,14 @@ pub fn on_socket_io(sock: u64, moved: i32, flags: i32, direction: u8) {
     if !is_traced(tgid) {
         return;
     }
-    // The ciphertext of an OpenSSL call in progress: the call's own hook
-    // sends its plaintext.
-    if tls::claim_socket(sock) {
-        return;
-    }
-    let _ = try_on_socket_io(sock, moved, flags, direction, tgid, tid);
+    // Bytes of an OpenSSL call in progress are ciphertext: its plaintext
+    // is sent instead, a write's now (see `tls.rs`), a read's at its return.
+    let plaintext = match tls::claim_socket(sock, moved, direction) {
+        Claim::Plain => None,
+        Claim::Ciphertext => return,
+        Claim::Plaintext { buffer, len } => Some((buffer, len)),
+    };
+    let _ = try_on_socket_io(sock, moved, flags, direction, tgid, tid, plaintext);
 }
 
 #[inline(always)]
@@ -66,23 +69,29 @@ fn try_on_socket_io(
     direction: u8,
     tgid: u32,
     tid: u32,
+    plaintext: Option<(u64, u32)>,
 ) -> Result<(), i32> {
     if moved <= 0 || (direction == DIRECTION_RECV && flags & MSG_PEEK != 0) {
         return Ok(());
     }
     let state = tcp_connection(sock, tgid)?;
-    // A TLS connection's records come from OpenSSL's hooks alone (its
-    // handshake and alerts, outside the hooked calls, are ciphertext).
-    if state.tls != 0 {
-        return Ok(());
-    }
-    let buffer = user_buffer(&config().syscalls);
-    on_bytes(state, sock, direction, moved as u32, buffer, tgid, tid);
+    let (moved, buffer) = match plaintext {
+        Some((buffer, len)) => {
+            state.tls = 1;
+            (len, Some(buffer))
+        }
+        // A TLS connection's records come from OpenSSL's hooks alone (its
+        // handshake and alerts, outside the hooked calls, are ciphertext).
+        None if state.tls != 0 => return Ok(()),
+        None => (moved as u32, user_buffer(&config().syscalls)),
+    };
+    on_bytes(state, sock, direction, moved, buffer, tgid, tid);
     Ok(())
 }
 
-/// Plaintext that OpenSSL read from or wrote to socket `sock`: `moved`
-/// bytes at the user address `buffer`. The connection is TLS from now on.
+/// Plaintext that OpenSSL read from or wrote to socket `sock` (at the
+/// call's return): `moved` bytes at the user address `buffer`. The
+/// connection is TLS from now on.
 #[inline(always)]
 pub fn on_tls_io(sock: u64, moved: u32, direction: u8, buffer: u64, tgid: u32, tid: u32) {
     if let Ok(state) = tcp_connection(sock, tgid) {

@@ -14,15 +14,28 @@ use aya::{
     },
 };
 
-use super::openssl::{Finder, Form, Library, OpenSslError};
+use super::openssl::{Finder, Form, Function, Library, OpenSslError};
 use crate::events::Direction;
 
-/// The programs: an entry per [`Form`], a return per direction.
-const ENTRY: &str = "ssl_call_entry";
-const EX_ENTRY: &str = "ssl_call_ex_entry";
-const READ_RETURN: &str = "ssl_read_return";
-const WRITE_RETURN: &str = "ssl_write_return";
-const PROGRAMS: [&str; 4] = [ENTRY, EX_ENTRY, READ_RETURN, WRITE_RETURN];
+/// The programs: an entry per function, one return for all.
+const RETURN: &str = "ssl_call_return";
+const PROGRAMS: [&str; 5] = [
+    "ssl_read_entry",
+    "ssl_read_ex_entry",
+    "ssl_write_entry",
+    "ssl_write_ex_entry",
+    RETURN,
+];
+
+/// The entry program of `function`.
+fn entry(function: &Function) -> &'static str {
+    match (function.direction, function.form) {
+        (Direction::Recv, Form::Count) => PROGRAMS[0],
+        (Direction::Recv, Form::Ex) => PROGRAMS[1],
+        (Direction::Send, Form::Count) => PROGRAMS[2],
+        (Direction::Send, Form::Ex) => PROGRAMS[3],
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum UprobeError {
@@ -75,15 +88,10 @@ impl TlsProbes {
         let mut links = Vec::new();
         // Returns before entries: a return without its entry does nothing,
         // an entry without its return would leave its call noted.
-        let order = |entry: bool| {
-            library.functions.iter().map(move |&(function, offset)| {
-                let program = match (entry, function.form, function.direction) {
-                    (true, Form::Count, _) => ENTRY,
-                    (true, Form::Ex, _) => EX_ENTRY,
-                    (false, _, Direction::Recv) => READ_RETURN,
-                    (false, _, Direction::Send) => WRITE_RETURN,
-                };
-                (program, function.name, offset)
+        let order = |entries: bool| {
+            library.functions.iter().map(move |(function, offset)| {
+                let program = if entries { entry(function) } else { RETURN };
+                (program, function.name, *offset)
             })
         };
         for (name, function, offset) in order(false).chain(order(true)) {
