@@ -4,7 +4,7 @@ one with an identifier in its path, and one that takes a known time.
 
 And routes that call other servers (over http or https, as their base URL
 says; SSL_CERT_FILE and REQUESTS_CA_BUNDLE name the CA to trust), for the
-tracer's CLIENT spans: /chain
+tracer's CLIENT spans: /fetch-work calls CHAIN_DOWNSTREAM's /work; /chain
 calls the service at CHAIN_DOWNSTREAM twice (with requests on a keep-alive
 session, then with http.client) and the server at CHAIN_UNTRACED once;
 /call-status, /call-reset and /call-refused call CALL_STATUS, CALL_RESET
@@ -99,6 +99,16 @@ def chain():
     if statuses != [200, 200, 200]:
         return f"calls answered {statuses}", 502
     return "chained"
+
+
+@app.get("/fetch-work")
+def fetch_work():
+    """GETs /work of CHAIN_DOWNSTREAM: a 48,889-byte body, which the client
+    reads in many reads (over TLS, some served from OpenSSL's buffer)."""
+    status = get("CHAIN_DOWNSTREAM", "/work")
+    if status != 200:
+        return f"call answered {status}", 502
+    return "fetched"
 
 
 def relay(variable):

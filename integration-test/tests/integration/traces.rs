@@ -323,6 +323,47 @@ async fn chains_form_one_trace_each(tls: Option<&ServerTls>) {
     assert_eq!(count(&spans, DOWNSTREAM, "SERVER"), 2 * CHAINS);
 }
 
+/// HTTPS calls whose large response (`/work`, 48,889 bytes) the client
+/// reads in many `SSL_read`s, some of them served from OpenSSL's buffer
+/// without touching the socket: each call is one CLIENT span, whole (not
+/// cut short), ending after the server span it called, and no plaintext
+/// went without its socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_calls_with_large_responses_are_whole() {
+    let dir = std::env::temp_dir().join(format!("tracer-fetch-tls-{}", std::process::id()));
+    let chain = Chain::start(Some(&certificate(&dir))).await;
+    let sink = start_sink().await;
+    let tracer = Tracer::select(&sink, &["--config", &chain.config_path()]);
+    let n = 100;
+    let plan = vec![("GET", "/fetch-work".to_owned(), &b""[..]); n];
+    let sent = parallel_requests(chain.upstream.addr(), plan, 4).await;
+    assert!(sent.iter().all(|s| s.status == 200), "every fetch worked");
+    let arrived = eventually(SPANS_ARRIVE, || {
+        let spans = sink.spans();
+        count(&spans, UPSTREAM, "CLIENT") >= n && count(&spans, DOWNSTREAM, "SERVER") >= n
+    })
+    .await;
+    assert!(arrived, "got {:?}", census(&sink.spans()));
+    assert_eq!(tracer.stop().code(), exit_code(Exit::Ok));
+    let spans = sink.spans();
+    assert_eq!(count(&spans, UPSTREAM, "CLIENT"), n);
+    let downstream_port = chain.downstream.addr().port();
+    for call in spans.iter().filter(|s| s.kind == "CLIENT") {
+        assert_call(call, "https", downstream_port, "/work");
+        let served: Vec<&ReceivedSpan> = spans
+            .iter()
+            .filter(|s| s.kind == "SERVER" && s.parent_span_id == call.span_id)
+            .collect();
+        assert_eq!(served.len(), 1, "one server span under {call:?}");
+        assert!(
+            served[0].end_unix_ns <= call.end_unix_ns,
+            "the call {call:?} ended before its response was written"
+        );
+    }
+    assert_eq!(dropped(&sink, DropReason::TlsSocketUnknown), 0.0);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 fn traceparent(trace_id: &str, span_id: &str) -> String {
     format!("traceparent: 00-{trace_id}-{span_id}-01")
 }
