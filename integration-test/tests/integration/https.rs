@@ -5,6 +5,7 @@
 //! reason in the tracer's log.
 
 use std::{
+    collections::BTreeSet,
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command},
@@ -96,6 +97,56 @@ async fn every_https_request_becomes_one_correct_span() {
     ] {
         assert_eq!(dropped(&sink, reason), 0.0, "{reason}");
     }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Workers that gunicorn re-forks (`--max-requests`) get their own uprobes
+/// from the fork on: every request is traced, the new workers' first ones
+/// too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reforked_workers_are_traced_from_their_first_https_request() {
+    let dir = scratch("reforked");
+    let tls = certificate(&dir);
+    let mut options = app_options();
+    options.tls = Some(tls.clone());
+    options.extra_args = vec!["--max-requests".into(), "20".into()];
+    let app = App::start(&options)
+        .await
+        .expect("gunicorn starts with TLS");
+    let first_workers = app.worker_pids().expect("workers");
+    let sink = start_sink().await;
+    let tracer = Tracer::start(app.master_pid(), &sink, "flask-reforked");
+    let n = 300;
+    let plan = vec![("GET", "/light".to_owned(), &b""[..]); n];
+    let sent = parallel_requests_over(app.addr(), Some(tls.client()), plan, 4).await;
+    assert!(
+        sent.iter().all(|s| s.status == 200),
+        "every request answered"
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || server_spans(
+            &sink,
+            "flask-reforked"
+        )
+        .len()
+            >= n)
+        .await,
+        "expected {n} spans, got {}",
+        server_spans(&sink, "flask-reforked").len()
+    );
+    assert_eq!(tracer.stop().code(), exit_code(Exit::Ok));
+    let spans = server_spans(&sink, "flask-reforked");
+    assert_eq!(spans.len(), n, "exactly one span per request");
+    let pids: BTreeSet<i64> = spans.iter().map(|s| attr_i64(s, "process.pid")).collect();
+    let reforked = pids
+        .iter()
+        .filter(|&&pid| !first_workers.contains(&(pid as u32)))
+        .count();
+    assert!(
+        reforked >= 10,
+        "spans from {reforked} re-forked workers only"
+    );
+    assert!(spans.iter().all(|s| attr_str(s, "url.scheme") == "https"));
     let _ = std::fs::remove_dir_all(dir);
 }
 

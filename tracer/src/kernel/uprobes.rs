@@ -4,13 +4,13 @@
 //! other process on the host pays a uprobe hit; detached when it exits.
 //! A forked child gets its own attachment: a perf-event uprobe follows
 //! one process, not its children.
-use std::{collections::HashMap, num::NonZeroU32};
+use std::{collections::HashMap, num::NonZeroU32, sync::mpsc::Sender};
 
 use aya::{
     Ebpf,
     programs::{
         ProgramError, UProbe,
-        uprobe::{UProbeLinkId, UProbeScope},
+        uprobe::{UProbeLink, UProbeLinkId, UProbeScope},
     },
 };
 
@@ -56,6 +56,7 @@ pub enum UprobeError {
 /// The loaded programs' attachments, by process.
 pub struct TlsProbes {
     finder: Finder,
+    closer: Sender<UProbeLink>,
     attached: HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
 }
 
@@ -69,6 +70,7 @@ impl TlsProbes {
         }
         Ok(Self {
             finder: Finder::default(),
+            closer: closing_thread(),
             attached: HashMap::new(),
         })
     }
@@ -108,7 +110,7 @@ impl TlsProbes {
             match attached {
                 Ok(link) => links.push((name, link)),
                 Err(err) => {
-                    detach_links(ebpf, links);
+                    detach_links(ebpf, &self.closer, links);
                     return Err(err);
                 }
             }
@@ -120,18 +122,43 @@ impl TlsProbes {
     /// Detaches `pid`'s uprobes, if it had them (it exited).
     pub fn detach(&mut self, ebpf: &mut Ebpf, pid: u32) {
         if let Some(links) = self.attached.remove(&pid) {
-            detach_links(ebpf, links);
+            detach_links(ebpf, &self.closer, links);
         }
     }
 }
 
-fn detach_links(ebpf: &mut Ebpf, links: Vec<(&'static str, UProbeLinkId)>) {
+/// Detaches `links` off the caller's thread, one at a time: closing a
+/// uprobe link waits for RCU grace periods (about a quarter of a second
+/// here) under a lock that attaching takes too, so a worker's eight closed
+/// in line stalled the event loop for two seconds, and eight closed at once
+/// held back the attachment of every worker forked meanwhile.
+fn detach_links(
+    ebpf: &mut Ebpf,
+    closer: &Sender<UProbeLink>,
+    links: Vec<(&'static str, UProbeLinkId)>,
+) {
     for (name, link) in links {
-        if let Ok(program) = program(ebpf, name) {
-            // Already gone with its process: nothing more to free.
-            let _ = program.detach(link);
+        if let Ok(link) = program(ebpf, name).and_then(|program| {
+            program
+                .take_link(link)
+                .map_err(|_| UprobeError::MissingProgram(name))
+        }) {
+            // With the closing thread gone, the link is closed here.
+            let _ = closer.send(link);
         }
     }
+}
+
+/// The thread that closes detached links, one after the other.
+fn closing_thread() -> Sender<UProbeLink> {
+    let (closer, links) = std::sync::mpsc::channel::<UProbeLink>();
+    let started = std::thread::Builder::new()
+        .name("uprobe-detach".into())
+        .spawn(move || links.into_iter().for_each(drop));
+    if let Err(err) = started {
+        log::warn!("cannot start the uprobe-detaching thread ({err}); links close in line");
+    }
+    closer
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, UprobeError> {
