@@ -404,6 +404,10 @@ impl Selection {
     /// Attaches the OpenSSL uprobes for process `pid`, and says so; when
     /// they cannot be, says why if `tell_why`.
     fn trace_tls(&mut self, pid: u32, tell_why: bool) {
+        // Found in /proc at adoption, then its fork read from the ring.
+        if self.kernel.traces_tls(pid) {
+            return;
+        }
         match self.kernel.trace_tls(pid) {
             Ok(library) => {
                 let hooked: Vec<&str> = library.functions.iter().map(|(f, _)| f.name).collect();

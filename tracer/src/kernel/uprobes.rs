@@ -43,6 +43,12 @@ pub enum UprobeError {
     OpenSsl(#[from] OpenSslError),
     #[error("the BPF object has no program {0} (build mismatch)")]
     MissingProgram(&'static str),
+    #[error("cannot load {program}: {source}")]
+    Load {
+        program: &'static str,
+        #[source]
+        source: Box<ProgramError>,
+    },
     #[error("cannot attach {program} to {function} in {library}: {source}")]
     Attach {
         program: &'static str,
@@ -62,11 +68,14 @@ pub struct TlsProbes {
 
 impl TlsProbes {
     /// Loads the programs (the verifier checks them now, once).
-    pub fn load(ebpf: &mut Ebpf) -> Result<Self, ProgramError> {
+    pub fn load(ebpf: &mut Ebpf) -> Result<Self, UprobeError> {
         for name in PROGRAMS {
-            program(ebpf, name)
-                .map_err(|_| ProgramError::UnexpectedProgramType)?
-                .load()?;
+            program(ebpf, name)?
+                .load()
+                .map_err(|source| UprobeError::Load {
+                    program: name,
+                    source: Box::new(source),
+                })?;
         }
         Ok(Self {
             finder: Finder::default(),
