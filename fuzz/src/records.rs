@@ -130,7 +130,8 @@ pub fn open_record(sock: u64, ts: u64, established_ns: u64) -> Vec<u8> {
             peer_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
         },
         role: ROLE_SERVER,
-        _pad: [0; 7],
+        tls: 0,
+        _pad: [0; 6],
     })
 }
 
@@ -141,7 +142,8 @@ pub fn close_record(sock: u64, ts: u64) -> Vec<u8> {
         established_ns: 0,
         meta: ConnMeta::unknown(0),
         role: ROLE_UNKNOWN,
-        _pad: [0; 7],
+        tls: 0,
+        _pad: [0; 6],
     })
 }
 

@@ -2,7 +2,9 @@
 tests need: a 404, a 500, a POST that reads its body, a light endpoint, and
 one with an identifier in its path, and one that takes a known time.
 
-And routes that call other servers, for the tracer's CLIENT spans: /chain
+And routes that call other servers (over http or https, as their base URL
+says; SSL_CERT_FILE and REQUESTS_CA_BUNDLE name the CA to trust), for the
+tracer's CLIENT spans: /fetch-work calls CHAIN_DOWNSTREAM's /work; /chain
 calls the service at CHAIN_DOWNSTREAM twice (with requests on a keep-alive
 session, then with http.client) and the server at CHAIN_UNTRACED once;
 /call-status, /call-reset and /call-refused call CALL_STATUS, CALL_RESET
@@ -69,12 +71,14 @@ def user(user_id):
 
 
 def get(variable, path):
-    """GET `path` of the server at the base URL in `variable` with
-    http.client, on a connection of its own; the status."""
+    """GET `path` of the server at the base URL in `variable` (http or
+    https) with http.client, on a connection of its own; the status."""
     url = urllib.parse.urlsplit(os.environ[variable])
-    connection = http.client.HTTPConnection(
-        url.hostname, url.port, timeout=CALL_TIMEOUT_SECONDS
-    )
+    if url.scheme == "https":
+        connect = http.client.HTTPSConnection
+    else:
+        connect = http.client.HTTPConnection
+    connection = connect(url.hostname, url.port, timeout=CALL_TIMEOUT_SECONDS)
     try:
         connection.request("GET", path)
         response = connection.getresponse()
@@ -95,6 +99,16 @@ def chain():
     if statuses != [200, 200, 200]:
         return f"calls answered {statuses}", 502
     return "chained"
+
+
+@app.get("/fetch-work")
+def fetch_work():
+    """GETs /work of CHAIN_DOWNSTREAM: a 48,889-byte body, which the client
+    reads in many reads (over TLS, some served from OpenSSL's buffer)."""
+    status = get("CHAIN_DOWNSTREAM", "/work")
+    if status != 200:
+        return f"call answered {status}", 502
+    return "fetched"
 
 
 def relay(variable):

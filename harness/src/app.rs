@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::cpu;
 use crate::loadgen;
 use crate::patience;
+use crate::tls::ServerTls;
 use crate::tracer::{Launch, TracerError, TracerProcess};
 
 /// How long a stopped child gets before SIGKILL.
@@ -118,6 +119,9 @@ pub struct AppOptions {
     pub startup_timeout: Duration,
     /// A cgroup v2 directory gunicorn starts in (it must exist).
     pub cgroup: Option<PathBuf>,
+    /// Serve HTTPS (gunicorn `--certfile`/`--keyfile`); readiness is then
+    /// probed over TLS.
+    pub tls: Option<ServerTls>,
 }
 
 impl AppOptions {
@@ -139,6 +143,7 @@ impl AppOptions {
             log_dir: std::env::temp_dir(),
             startup_timeout: Duration::from_secs(30),
             cgroup: None,
+            tls: None,
         }
     }
 }
@@ -189,6 +194,7 @@ pub struct App {
     gunicorn: Child,
     gunicorn_log: PathBuf,
     tracer: Option<TracerProcess>,
+    tls: Option<ServerTls>,
 }
 
 impl App {
@@ -255,6 +261,7 @@ impl App {
             gunicorn,
             gunicorn_log,
             tracer: None,
+            tls: options.tls.clone(),
         };
         app.wait_healthy(
             patience::ceiling(options.startup_timeout),
@@ -308,7 +315,13 @@ impl App {
             self.check_alive()?;
             let forked = self.worker_pids().map_or(0, |w| w.len());
             if forked >= workers
-                && let Ok(200) = loadgen::probe(self.addr, "/light", Duration::from_secs(2)).await
+                && let Ok(200) = loadgen::probe(
+                    self.addr,
+                    "/light",
+                    Duration::from_secs(2),
+                    self.tls.as_ref().map(ServerTls::client),
+                )
+                .await
             {
                 return Ok(());
             }
@@ -371,6 +384,10 @@ fn gunicorn_args(options: &AppOptions, addr: SocketAddr) -> Vec<String> {
         ]),
     }
     args.extend(["--no-control-socket".into(), "-b".into(), addr.to_string()]);
+    if let Some(tls) = &options.tls {
+        args.extend(["--certfile".into(), tls.certificate.display().to_string()]);
+        args.extend(["--keyfile".into(), tls.key.display().to_string()]);
+    }
     args.extend(options.extra_args.iter().cloned());
     args.push("app:app".into());
     args

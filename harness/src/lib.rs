@@ -25,4 +25,5 @@ pub mod setup;
 pub mod sink;
 pub mod soak;
 pub mod testserver;
+pub mod tls;
 pub mod tracer;

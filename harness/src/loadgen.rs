@@ -22,6 +22,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
+use tokio_rustls::{
+    TlsConnector,
+    rustls::{ClientConfig, pki_types::ServerName},
+};
 
 use crate::clock::{PreciseTimer, WallClock, mono_ns};
 use crate::http1::{self, HttpError};
@@ -394,14 +398,25 @@ fn classify(e: &HttpError) -> Failure {
 
 /// Sends one request on a fresh connection and returns its status: for
 /// health checks.
-pub async fn probe(target: SocketAddr, path: &str, timeout: Duration) -> Result<u16, HttpError> {
+pub async fn probe(
+    target: SocketAddr,
+    path: &str,
+    timeout: Duration,
+    tls: Option<Arc<ClientConfig>>,
+) -> Result<u16, HttpError> {
     let request = http1::build_request("GET", &target.to_string(), path, &[]);
     let attempt = async {
         let mut conn = TcpStream::connect(target).await?;
         let mut buf = Vec::new();
-        http1::exchange(&mut conn, &request, &mut buf)
-            .await
-            .map(|r| r.status)
+        let response = match tls {
+            Some(config) => {
+                let name = ServerName::from(target.ip());
+                let mut conn = TlsConnector::from(config).connect(name, conn).await?;
+                http1::exchange(&mut conn, &request, &mut buf).await
+            }
+            None => http1::exchange(&mut conn, &request, &mut buf).await,
+        };
+        response.map(|r| r.status)
     };
     tokio::time::timeout(timeout, attempt)
         .await

@@ -286,7 +286,7 @@ async fn fire(addr: SocketAddr, requests: u64, exec: Instant) -> Result<Fired> {
     let deadline = exec + patience::ceiling(STARTUP_CEILING);
     let (first_sent, first_answer) = loop {
         let sent = exec.elapsed();
-        match loadgen::probe(addr, COUNTED_PATH, REQUEST_TIMEOUT).await {
+        match loadgen::probe(addr, COUNTED_PATH, REQUEST_TIMEOUT, None).await {
             Ok(200) => break (sent, exec.elapsed()),
             Ok(status) => bail!("GET {COUNTED_PATH} answered {status}"),
             Err(_) if Instant::now() < deadline => tokio::time::sleep(CONNECT_RETRY).await,
@@ -297,7 +297,7 @@ async fn fire(addr: SocketAddr, requests: u64, exec: Instant) -> Result<Fired> {
     };
     let mut answered = 1;
     for _ in 1..requests {
-        if let Ok(200) = loadgen::probe(addr, COUNTED_PATH, REQUEST_TIMEOUT).await {
+        if let Ok(200) = loadgen::probe(addr, COUNTED_PATH, REQUEST_TIMEOUT, None).await {
             answered += 1;
         }
     }

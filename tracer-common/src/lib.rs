@@ -137,7 +137,9 @@ pub struct ConnEvent {
     /// [`ROLE_SERVER`] or [`ROLE_CLIENT`] ([`ROLE_UNKNOWN`] in a close of a
     /// connection that never carried a message).
     pub role: u8,
-    pub _pad: [u8; 7],
+    /// 1 when its messages are the plaintext of a TLS connection (OpenSSL).
+    pub tls: u8,
+    pub _pad: [u8; 6],
 }
 
 /// Which end of a connection the traced process is ([`ConnState::role`]):
@@ -220,7 +222,11 @@ pub struct ConnState {
     pub next_seq: u32,
     /// [`ROLE_UNKNOWN`] until the first message starts.
     pub role: u8,
-    pub _pad2: [u8; 3],
+    /// 1 once OpenSSL's plaintext of this socket was seen: from then on the
+    /// socket's own bytes (ciphertext) are ignored, and its data records
+    /// come from the TLS hooks alone.
+    pub tls: u8,
+    pub _pad2: [u8; 2],
     pub meta: ConnMeta,
 }
 
@@ -236,7 +242,8 @@ impl ConnState {
             recv_line_start: 0,
             next_seq: 0,
             role: ROLE_UNKNOWN,
-            _pad2: [0; 3],
+            tls: 0,
+            _pad2: [0; 2],
             meta,
         }
     }
@@ -261,9 +268,12 @@ pub enum KernelCounter {
     /// that begins like one, a head went on past what is scanned, or a
     /// read had more values than one read may send.
     HeaderMissed = 5,
+    /// OpenSSL handed over plaintext of a connection whose socket no call
+    /// of it had touched yet (its bytes were buffered before): no record.
+    TlsSocketUnknown = 6,
 }
 
-pub const KERNEL_COUNTERS: u32 = 6;
+pub const KERNEL_COUNTERS: u32 = 7;
 
 /// Where `struct task_struct` keeps the task id (from BTF): the fork hook is
 /// a raw tracepoint, which receives the child's `task_struct` itself.

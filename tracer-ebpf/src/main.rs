@@ -10,7 +10,7 @@ mod maps;
 mod probes;
 
 use aya_ebpf::{
-    macros::{fexit, kprobe, kretprobe, raw_tracepoint},
+    macros::{fexit, kprobe, kretprobe, raw_tracepoint, uprobe, uretprobe},
     programs::{FExitContext, ProbeContext, RawTracePointContext, RetProbeContext},
 };
 use tracer_common::{DIRECTION_RECV, DIRECTION_SEND};
@@ -95,6 +95,37 @@ pub fn tcp_sendmsg_entry(ctx: ProbeContext) -> u32 {
 #[kretprobe]
 pub fn tcp_sendmsg_return(ctx: RetProbeContext) -> u32 {
     probes::tcp::on_call_return(&ctx, DIRECTION_SEND);
+    0
+}
+
+/// `SSL_read` and `SSL_write`, and their `_ex` forms (OpenSSL 1.1.1+).
+#[uprobe]
+pub fn ssl_read_entry(ctx: ProbeContext) -> u32 {
+    probes::tls::on_call_entry::<false>(&ctx, DIRECTION_RECV);
+    0
+}
+
+#[uprobe]
+pub fn ssl_read_ex_entry(ctx: ProbeContext) -> u32 {
+    probes::tls::on_call_entry::<true>(&ctx, DIRECTION_RECV);
+    0
+}
+
+#[uprobe]
+pub fn ssl_write_entry(ctx: ProbeContext) -> u32 {
+    probes::tls::on_call_entry::<false>(&ctx, DIRECTION_SEND);
+    0
+}
+
+#[uprobe]
+pub fn ssl_write_ex_entry(ctx: ProbeContext) -> u32 {
+    probes::tls::on_call_entry::<true>(&ctx, DIRECTION_SEND);
+    0
+}
+
+#[uretprobe]
+pub fn ssl_call_return(ctx: RetProbeContext) -> u32 {
+    probes::tls::on_call_return(&ctx);
     0
 }
 

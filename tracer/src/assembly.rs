@@ -52,6 +52,8 @@ pub struct CompletedRequest {
     pub end_ns: u64,
     /// Addresses, when the tracer saw the connection being established.
     pub meta: Option<ConnMeta>,
+    /// Over TLS (HTTPS): the kernel saw its plaintext in OpenSSL.
+    pub tls: bool,
     pub response_bytes: u64,
     /// Of those, the body's (`http.server.response.body.size`), when known.
     pub response_body_bytes: Option<u64>,
@@ -118,6 +120,8 @@ struct Connection {
     side: Option<Side>,
     established_ns: Option<u64>,
     meta: Option<ConnMeta>,
+    /// HTTPS: as the kernel's opening of the connection said.
+    tls: bool,
     /// Request bytes (read by a server, written by a client) that do not
     /// yet form a complete head.
     inbound: Vec<u8>,
@@ -211,6 +215,7 @@ impl Assembler {
                 established_ns,
                 meta,
                 side,
+                tls,
             } => {
                 if let Some(old) = self.connections.remove(sock) {
                     self.finish_connection(old, done);
@@ -225,6 +230,10 @@ impl Assembler {
                     *timestamp_ns,
                     &self.in_flight,
                 );
+                let connection = Connection {
+                    tls: *tls,
+                    ..connection
+                };
                 self.connections.insert(*sock, connection);
             }
             Event::ConnClose { sock, .. } => {
@@ -365,6 +374,7 @@ impl Connection {
             side,
             established_ns,
             meta,
+            tls: false,
             inbound: Vec::new(),
             inbound_first_ns: 0,
             exchanges: VecDeque::new(),
@@ -565,6 +575,7 @@ impl Connection {
             first_read_ns: exchange.first_read_ns,
             end_ns: exchange.last_write_ns,
             meta: self.meta,
+            tls: self.tls,
             response_bytes: exchange.response_bytes,
             response_body_bytes: response.body_len(exchange.response_bytes),
             response_cut_short: response
@@ -649,6 +660,11 @@ mod tests {
     }
 
     fn open(assembler: &mut Feed, established_ns: Option<u64>) {
+        open_as(assembler, established_ns, false);
+    }
+
+    /// A server connection opening, over TLS when `tls`.
+    fn open_as(assembler: &mut Feed, established_ns: Option<u64>, tls: bool) {
         let meta = ConnMeta {
             family: tracer_common::AF_INET,
             local_port: 8000,
@@ -663,6 +679,7 @@ mod tests {
             established_ns,
             meta,
             side: Some(Side::Server),
+            tls,
         };
         assembler.seq = 0;
         assembler.handle(&event, &mut Vec::new());
@@ -783,6 +800,36 @@ mod tests {
         assert_eq!(span.status, 200);
         assert!(close(&mut assembler).is_empty());
         assert_eq!(assembler.counters, AssemblyCounters::default());
+    }
+
+    #[test]
+    fn requests_of_a_tls_connection_say_so() {
+        let mut assembler = Feed::new(false);
+        open_as(&mut assembler, Some(5), true);
+        request(
+            &mut assembler,
+            10,
+            b"GET /secure HTTP/1.1\r\nHost: x\r\n\r\n",
+        );
+        let done = response_head(
+            &mut assembler,
+            20,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert_eq!(done.len(), 1);
+        assert!(done[0].tls);
+        open(&mut assembler, Some(30));
+        request(
+            &mut assembler,
+            40,
+            b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n",
+        );
+        let done = response_head(
+            &mut assembler,
+            50,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert!(!done[0].tls, "a new connection on the same socket is plain");
     }
 
     #[test]
@@ -1142,6 +1189,7 @@ mod tests {
                 established_ns: None,
                 meta,
                 side: Some(side),
+                tls: false,
             };
             self.assembler.handle(&event, &mut self.done);
         }

@@ -172,7 +172,12 @@ pub struct Args {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Show what this kernel and this process offer for tracing.
-    Doctor,
+    Doctor {
+        /// Also say whether the HTTPS of these processes can be traced
+        /// (the libssl they map, and its OpenSSL functions).
+        #[arg(long = "pid", value_name = "PID")]
+        pids: Vec<u32>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -248,6 +248,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 ticks_since_rescan += 1;
                 if tree_changed || ticks_since_rescan >= PORT_RESCAN_TICKS {
                     ports = refresh_ports(&mut selection.kernel, &selection.registry.tasks(), &ports)?;
+                    selection.retry_tls();
                     ticks_since_rescan = 0;
                     tree_changed = false;
                 }
@@ -381,6 +382,7 @@ impl Selection {
         for pid in proctree::tree_of(&[root.pid]) {
             self.kernel.trace_task(pid)?;
             self.registry.join(pid, &instance);
+            self.trace_tls(pid, true);
         }
         let name = instance.service_name();
         log::info!(
@@ -397,6 +399,42 @@ impl Selection {
         }
         self.idle_said = false;
         Ok(instance)
+    }
+
+    /// Attaches the OpenSSL uprobes for process `pid`, and says so; when
+    /// they cannot be, says why if `tell_why`.
+    fn trace_tls(&mut self, pid: u32, tell_why: bool) {
+        // Found in /proc at adoption, then its fork read from the ring.
+        if self.kernel.traces_tls(pid) {
+            return;
+        }
+        match self.kernel.trace_tls(pid) {
+            Ok(library) => {
+                let hooked: Vec<&str> = library.functions.iter().map(|(f, _)| f.name).collect();
+                log::info!(
+                    "HTTPS: pid {pid}: uprobes on {} ({}){}",
+                    library.mapped,
+                    hooked.join(", "),
+                    if library.missing.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; it lacks {}", library.missing.join(", "))
+                    }
+                );
+            }
+            Err(err) if tell_why => log::info!("HTTPS: pid {pid}: {err}"),
+            Err(err) => log::debug!("HTTPS: pid {pid}: {err}"),
+        }
+    }
+
+    /// Traced processes without the OpenSSL uprobes try again: one may
+    /// have loaded libssl since (Python imports `ssl` when first needed).
+    fn retry_tls(&mut self) {
+        for task in self.registry.tasks() {
+            if !self.kernel.traces_tls(task) && proctree::is_process(task) {
+                self.trace_tls(task, false);
+            }
+        }
     }
 
     /// A process replaced its image: a new one may be selected, and a
@@ -499,10 +537,18 @@ fn read_events(
                         if let Some(instance) = selection.registry.instance_of(parent).cloned() {
                             selection.registry.join(child, &instance);
                             tree_changed = true;
+                            // A forked process (a new worker) has its
+                            // parent's libssl mapped, not its uprobes.
+                            if proctree::is_process(child) {
+                                selection.trace_tls(child, true);
+                            }
                         }
                     }
-                    Event::TaskExit { task, .. } => {
+                    Event::TaskExit { tgid, task } => {
                         selection.registry.depart(task, Instant::now());
+                        if task == tgid {
+                            selection.kernel.untrace_tls(task);
+                        }
                         tree_changed = true;
                     }
                     Event::ProcessExec { tgid } => selection.on_exec(tgid),

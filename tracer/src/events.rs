@@ -74,6 +74,8 @@ pub enum Event<'a> {
         meta: ConnMeta,
         /// As the kernel decided it (`None`: not said).
         side: Option<Side>,
+        /// Its messages are TLS plaintext (HTTPS).
+        tls: bool,
     },
     ConnClose {
         sock: u64,
@@ -181,6 +183,7 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
                         ROLE_CLIENT => Some(Side::Client),
                         _ => None,
                     },
+                    tls: event.tls != 0,
                 }
             } else {
                 Event::ConnClose {

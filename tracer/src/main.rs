@@ -26,8 +26,8 @@ fn run() -> Exit {
             };
         }
     };
-    if let Some(Command::Doctor) = args.command {
-        return tracer::kernel::doctor::run();
+    if let Some(Command::Doctor { pids }) = &args.command {
+        return tracer::kernel::doctor::run(pids);
     }
     let config = match args.into_config() {
         Ok(config) => config,

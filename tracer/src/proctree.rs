@@ -51,6 +51,17 @@ pub fn all_pids() -> impl Iterator<Item = u32> {
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
 }
 
+/// Whether `task` is a process (its thread group's leader), not a thread.
+pub fn is_process(task: u32) -> bool {
+    fs::read_to_string(format!("/proc/{task}/status")).is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("Tgid:"))
+            .and_then(|tgid| tgid.trim().parse::<u32>().ok())
+            == Some(task)
+    })
+}
+
 fn parent_of(pid: u32) -> Option<u32> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces and parentheses: parse after the last ')'.

@@ -78,11 +78,16 @@ pub enum DropReason {
     /// An incoming `traceparent` was malformed, all-zero, cut or repeated:
     /// its request started a trace of its own.
     TraceparentInvalid,
+    /// HTTPS bytes OpenSSL handed over before any call of their connection
+    /// touched its socket (they came buffered with the handshake): no
+    /// record, so the request they belong to is unseen. Buffers, not
+    /// requests.
+    TlsSocketUnknown,
 }
 
 impl DropReason {
     /// Every reason, in the order they are exported and logged.
-    pub const ALL: [DropReason; 19] = [
+    pub const ALL: [DropReason; 20] = [
         Self::RingBufferFull,
         Self::CaptureFailed,
         Self::ConnectionTableFull,
@@ -102,6 +107,7 @@ impl DropReason {
         Self::HeaderValueLost,
         Self::HeaderValueTruncated,
         Self::TraceparentInvalid,
+        Self::TlsSocketUnknown,
     ];
 
     /// The exported `reason` attribute value.
@@ -126,6 +132,7 @@ impl DropReason {
             Self::HeaderValueLost => "header_value_lost",
             Self::HeaderValueTruncated => "header_value_truncated",
             Self::TraceparentInvalid => "traceparent_invalid",
+            Self::TlsSocketUnknown => "tls_socket_unknown",
         }
     }
 
@@ -147,7 +154,8 @@ impl DropReason {
             | Self::BadRecord
             | Self::UnparseableResponse
             | Self::ResponseWithoutRequest
-            | Self::SpansRejected => false,
+            | Self::SpansRejected
+            | Self::TlsSocketUnknown => false,
             Self::HeaderMissed
             | Self::HeaderValueLost
             | Self::HeaderValueTruncated
@@ -280,6 +288,7 @@ impl Stats {
             DropReason::HeaderValueLost => self.header_values_lost.load(Relaxed),
             DropReason::HeaderValueTruncated => self.header_values_truncated.load(Relaxed),
             DropReason::TraceparentInvalid => self.traceparent_invalid.load(Relaxed),
+            DropReason::TlsSocketUnknown => kernel(KernelCounter::TlsSocketUnknown),
         }
     }
 

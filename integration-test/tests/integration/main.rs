@@ -6,6 +6,7 @@ mod bench_quick;
 mod cli;
 mod collector;
 mod headers;
+mod https;
 mod otel_env;
 mod overload;
 mod package;

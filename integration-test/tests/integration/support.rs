@@ -1,13 +1,13 @@
 //! Shared pieces of the tracer's root integration tests: the real Flask app
 //! under real gunicorn, the real tracer binary attached to it, the harness's
-//! real OTLP/gRPC sink, and a small blocking HTTP client that times each
-//! request as the client saw it.
+//! real OTLP/gRPC sink, and a small blocking HTTP (and HTTPS) client that
+//! times each request as the client saw it.
 
 use std::{
     collections::HashMap,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{BufRead as _, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Command,
     sync::{
         Arc, Mutex,
@@ -19,6 +19,8 @@ use std::{
 
 pub use tracer::{exit::Exit, stats::DropReason};
 
+use tokio_rustls::rustls::{ClientConfig, ClientConnection, StreamOwned, pki_types::ServerName};
+
 use harness::{
     affinity::pin_current_thread,
     app::{App, AppOptions, Config, WorkerClass},
@@ -26,6 +28,7 @@ use harness::{
     losses::Losses,
     patience,
     sink::{ReceivedSpan, Sink},
+    tls::ServerTls,
     tracer::{Launch, TracerProcess},
 };
 
@@ -60,6 +63,20 @@ pub async fn start_app(worker_class: WorkerClass, extra_args: &[&str]) -> App {
     options.worker_class = worker_class;
     options.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
     App::start(&options).await.expect("gunicorn starts")
+}
+
+/// A self-signed certificate for 127.0.0.1, in a directory of its own.
+pub fn certificate(dir: &Path) -> ServerTls {
+    std::fs::create_dir_all(dir).expect("certificate directory");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let certificate = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .expect("parameters")
+        .self_signed(&key)
+        .expect("certificate");
+    let (certificate_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&certificate_path, certificate.pem()).expect("write certificate");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+    ServerTls::new(certificate_path, key_path).expect("a usable certificate")
 }
 
 /// The bare app's options, to adjust before [`App::start`].
@@ -179,18 +196,34 @@ pub fn unix_ns() -> u64 {
 /// One request on a new connection, timed from before `connect` to the last
 /// response byte, as the client sees it.
 pub fn request(addr: SocketAddr, method: &'static str, target: &str, body: &[u8]) -> Sent {
+    request_over(addr, None, method, target, body)
+}
+
+/// [`request`] over TLS when `tls` is given (the server's certificate for
+/// its IP address), the handshake included in the time.
+pub fn request_over(
+    addr: SocketAddr,
+    tls: Option<&Arc<ClientConfig>>,
+    method: &'static str,
+    target: &str,
+    body: &[u8],
+) -> Sent {
     let started_unix_ns = unix_ns();
     let started = Instant::now();
-    let mut stream = TcpStream::connect(addr).expect("connect");
+    let stream = TcpStream::connect(addr).expect("connect");
     let client_port = stream.local_addr().expect("local address").port();
     let head = format!(
         "{method} {target} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    stream.write_all(head.as_bytes()).expect("send head");
-    stream.write_all(body).expect("send body");
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).expect("read response");
+    let response = match tls {
+        None => exchange(stream, head.as_bytes(), body),
+        Some(config) => {
+            let name = ServerName::from(addr.ip());
+            let connection = ClientConnection::new(config.clone(), name).expect("TLS client");
+            exchange(StreamOwned::new(connection, stream), head.as_bytes(), body)
+        }
+    };
     let latency_ns = started.elapsed().as_nanos() as u64;
     let head_end = response
         .windows(4)
@@ -205,6 +238,21 @@ pub fn request(addr: SocketAddr, method: &'static str, target: &str, body: &[u8]
         latency_ns,
         body_bytes: (response.len() - head_end) as u64,
     }
+}
+
+/// Sends `head` and `body`, and reads the response until the server closes.
+fn exchange(mut stream: impl Read + Write, head: &[u8], body: &[u8]) -> Vec<u8> {
+    stream.write_all(head).expect("send head");
+    stream.write_all(body).expect("send body");
+    let mut response = Vec::new();
+    match stream.read_to_end(&mut response) {
+        Ok(_) => {}
+        // A TLS server that closes without a close_notify alert (gunicorn's
+        // sync workers): the response is whole when its head says so.
+        Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => {}
+        Err(err) => panic!("read response: {err}"),
+    }
+    response
 }
 
 pub fn status_of(response: &[u8]) -> u16 {
@@ -326,18 +374,122 @@ pub async fn drive(addr: SocketAddr, path: &str, rate: f64, duration: Duration) 
 /// A planned request: method, target, body.
 pub type Planned = (&'static str, String, &'static [u8]);
 
+/// `n` requests of six kinds in turn: a GET with a query string to strip,
+/// a slow one, a light one, a 404, a 500, and a POST whose body must never
+/// be captured.
+pub fn mixed_plan(n: usize) -> Vec<Planned> {
+    (0..n)
+        .map(|i| match i % 6 {
+            0 => ("GET", format!("/work?user={i}&token=secret"), &b""[..]),
+            1 => ("GET", "/slow".to_owned(), &b""[..]),
+            2 => ("GET", "/light".to_owned(), &b""[..]),
+            3 => ("GET", "/missing".to_owned(), &b""[..]),
+            4 => ("GET", "/fail".to_owned(), &b""[..]),
+            _ => (
+                "POST",
+                "/echo-size".to_owned(),
+                &b"payload that must never be captured"[..],
+            ),
+        })
+        .collect()
+}
+
+/// `SLOW_SECONDS` of harness/app/app.py.
+const SLOW_FLOOR_NS: u64 = 20_000_000;
+
+/// Each request with its span. Client ports can be reused across many
+/// connections: a request's span is the one on its port that starts
+/// within the client's own window. Panics for a request without one.
+pub fn span_of_each<'a>(
+    sent: &'a [Sent],
+    spans: &'a [ReceivedSpan],
+) -> Vec<(&'a Sent, &'a ReceivedSpan)> {
+    let mut by_port = by_client_port(spans);
+    sent.iter()
+        .map(|request| {
+            let window = request.started_unix_ns.saturating_sub(1_000_000)
+                ..=request.started_unix_ns + request.latency_ns;
+            let candidates = by_port.get_mut(&i64::from(request.client_port));
+            let index = candidates
+                .as_ref()
+                .and_then(|spans| spans.iter().position(|s| window.contains(&s.start_unix_ns)))
+                .unwrap_or_else(|| panic!("no span for {request:?}"));
+            (request, candidates.expect("candidates").swap_remove(index))
+        })
+        .collect()
+}
+
+/// What the server span of `request` to the app at `addr` says, over
+/// `scheme`: its name and attributes, its status, and a time inside what
+/// the client saw that covers the app's work.
+pub fn assert_server_span(span: &ReceivedSpan, request: &Sent, addr: SocketAddr, scheme: &str) {
+    assert_eq!(span.name, format!("{} {}", request.method, request.path));
+    assert_eq!(attr_str(span, "http.request.method"), request.method);
+    assert_eq!(
+        attr_str(span, "url.path"),
+        request.path,
+        "query strings are stripped"
+    );
+    assert_eq!(attr_str(span, "url.scheme"), scheme);
+    assert_eq!(
+        attr_i64(span, "http.response.status_code"),
+        i64::from(request.status)
+    );
+    assert_eq!(attr_i64(span, "server.port"), i64::from(addr.port()));
+    assert_eq!(attr_str(span, "client.address"), "127.0.0.1");
+    assert_eq!(attr_str(span, "network.protocol.version"), "1.1");
+    assert_eq!(
+        span.status_code == 2,
+        request.status >= 500,
+        "ERROR status exactly for 5xx"
+    );
+    // The span lies inside what the client saw: it starts after the
+    // client began and lasts no longer than the client waited.
+    let duration = span.end_unix_ns - span.start_unix_ns;
+    assert!(
+        span.start_unix_ns + 1_000_000 >= request.started_unix_ns,
+        "span starts before the client did"
+    );
+    assert!(
+        duration <= request.latency_ns,
+        "span {duration} ns longer than the client's {} ns for {request:?}",
+        request.latency_ns
+    );
+    // And it covers the server's work: /slow cannot answer in less than
+    // its sleep, however loaded the machine.
+    if request.path == "/slow" {
+        assert!(
+            duration >= SLOW_FLOOR_NS,
+            "a /slow span of {duration} ns is shorter than the app's sleep"
+        );
+    }
+}
+
 /// Each request of `plan` on a connection of its own, from `clients`
 /// threads at once (each a contiguous share), off the async runtime: so
 /// requests also queue in the accept queue.
 pub async fn parallel_requests(addr: SocketAddr, plan: Vec<Planned>, clients: usize) -> Vec<Sent> {
+    parallel_requests_over(addr, None, plan, clients).await
+}
+
+/// [`parallel_requests`], over TLS when `tls` is given.
+pub async fn parallel_requests_over(
+    addr: SocketAddr,
+    tls: Option<Arc<ClientConfig>>,
+    plan: Vec<Planned>,
+    clients: usize,
+) -> Vec<Sent> {
     tokio::task::spawn_blocking(move || {
+        let tls = tls.as_ref();
         std::thread::scope(|scope| {
             let handles: Vec<_> = plan
                 .chunks(plan.len().div_ceil(clients).max(1))
                 .map(|part| {
                     scope.spawn(move || {
                         part.iter()
-                            .map(|(method, target, body)| request(addr, method, target, body))
+                            .map(|(method, target, body)| {
+                                request_over(addr, tls, method, target, body)
+                            })
                             .collect::<Vec<_>>()
                     })
                 })

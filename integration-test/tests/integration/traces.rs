@@ -15,6 +15,7 @@ use std::{
 use harness::{
     app::{App, WorkerClass},
     sink::ReceivedSpan,
+    tls::ServerTls,
 };
 use serde_json::Value;
 
@@ -27,10 +28,12 @@ const CHAINS: usize = 200;
 const SPANS_ARRIVE: Duration = Duration::from_secs(60);
 
 /// gunicorn with threaded workers, so that a call's parent must be its
-/// thread's request, not its process's; `env` tells routes whom to call.
-async fn gunicorn(env: &[(&str, String)]) -> App {
+/// thread's request, not its process's; `env` tells routes whom to call;
+/// serving HTTPS with `tls`.
+async fn gunicorn(env: &[(&str, String)], tls: Option<&ServerTls>) -> App {
     let mut options = app_options();
     options.worker_class = keep_alive_class();
+    options.tls = tls.cloned();
     options.env = env
         .iter()
         .map(|(name, value)| (name.to_string(), value.clone()))
@@ -43,19 +46,31 @@ async fn gunicorn(env: &[(&str, String)]) -> App {
 struct Chain {
     upstream: App,
     downstream: App,
+    /// Downstream's: `https` when it serves TLS.
+    scheme: &'static str,
     untraced: CannedServer,
     config: PathBuf,
 }
 
 impl Chain {
-    async fn start() -> Chain {
+    /// Downstream serves HTTPS with `tls`, and upstream trusts its
+    /// certificate.
+    async fn start(tls: Option<&ServerTls>) -> Chain {
         let untraced = CannedServer::start(Canned::Status(200));
-        let downstream = gunicorn(&[]).await;
-        let upstream = gunicorn(&[
-            ("CHAIN_DOWNSTREAM", format!("http://{}", downstream.addr())),
+        let downstream = gunicorn(&[], tls).await;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut env = vec![
+            (
+                "CHAIN_DOWNSTREAM",
+                format!("{scheme}://{}", downstream.addr()),
+            ),
             ("CHAIN_UNTRACED", untraced.base_url()),
-        ])
-        .await;
+        ];
+        if let Some(tls) = tls {
+            let ca = tls.certificate.display().to_string();
+            env.extend([("SSL_CERT_FILE", ca.clone()), ("REQUESTS_CA_BUNDLE", ca)]);
+        }
+        let upstream = gunicorn(&env, None).await;
         let config = std::env::temp_dir().join(format!("tracer-chain-{}.yaml", std::process::id()));
         std::fs::write(
             &config,
@@ -69,6 +84,7 @@ impl Chain {
         Chain {
             upstream,
             downstream,
+            scheme,
             untraced,
             config,
         }
@@ -118,8 +134,8 @@ fn is_hex(text: &str, len: usize) -> bool {
 }
 
 /// A CLIENT span's attributes are those of a successful GET of `path` on
-/// 127.0.0.1:`port`.
-fn assert_call(call: &ReceivedSpan, port: u16, path: &str) {
+/// 127.0.0.1:`port` over `scheme`.
+fn assert_call(call: &ReceivedSpan, scheme: &str, port: u16, path: &str) {
     assert_eq!(call.kind, "CLIENT");
     assert_eq!(call.name, "GET");
     assert_eq!(attr_str(call, "http.request.method"), "GET");
@@ -127,8 +143,9 @@ fn assert_call(call: &ReceivedSpan, port: u16, path: &str) {
     assert_eq!(attr_i64(call, "server.port"), i64::from(port));
     assert_eq!(
         attr_str(call, "url.full"),
-        format!("http://127.0.0.1:{port}{path}")
+        format!("{scheme}://127.0.0.1:{port}{path}")
     );
+    assert_eq!(attr_str(call, "url.scheme"), scheme);
     assert_eq!(attr_i64(call, "http.response.status_code"), 200);
     assert_eq!(attr_str(call, "network.peer.address"), "127.0.0.1");
     assert_eq!(attr_i64(call, "network.peer.port"), i64::from(port));
@@ -141,6 +158,7 @@ fn target(call: &ReceivedSpan) -> (u16, String) {
     let url = attr_str(call, "url.full");
     let path = url
         .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
         .and_then(|rest| rest.find('/').map(|at| rest[at..].to_owned()))
         .unwrap_or_else(|| panic!("url.full {url:?} is no http URL with a path"));
     (port, path)
@@ -153,7 +171,22 @@ fn target(call: &ReceivedSpan) -> (u16, String) {
 /// of the two calls that reached it; none linked across traces.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chain_requests_form_one_trace_each() {
-    let chain = Chain::start().await;
+    chains_form_one_trace_each(None).await;
+}
+
+/// The same over HTTPS to downstream (gunicorn `--certfile`): upstream's
+/// calls are seen in its libssl, downstream's requests in its own, and the
+/// two are linked by their connection's ports as plain ones are, because
+/// OpenSSL's records carry their real socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_chain_requests_form_one_trace_each() {
+    let dir = std::env::temp_dir().join(format!("tracer-chain-tls-{}", std::process::id()));
+    chains_form_one_trace_each(Some(&certificate(&dir))).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+async fn chains_form_one_trace_each(tls: Option<&ServerTls>) {
+    let chain = Chain::start(tls).await;
     let sink = start_sink().await;
     // Started once both answer: their readiness probes make no spans.
     let tracer = Tracer::select(&sink, &["--config", &chain.config_path()]);
@@ -219,7 +252,12 @@ async fn chain_requests_form_one_trace_each() {
             assert_eq!(call.service, UPSTREAM);
             assert_eq!(call.parent_span_id, root.span_id, "{call:?}");
             let (port, path) = target(call);
-            assert_call(call, port, &path);
+            let scheme = if port == downstream_port {
+                chain.scheme
+            } else {
+                "http"
+            };
+            assert_call(call, scheme, port, &path);
             // The call happened while upstream served the request.
             assert!(
                 root.start_unix_ns <= call.start_unix_ns && call.end_unix_ns <= root.end_unix_ns,
@@ -233,6 +271,7 @@ async fn chain_requests_form_one_trace_each() {
                 assert_eq!(under.len(), 1, "one downstream span under {call:?}");
                 assert_eq!(under[0].service, DOWNSTREAM);
                 assert_eq!(attr_str(under[0], "url.path"), path);
+                assert_eq!(attr_str(under[0], "url.scheme"), chain.scheme);
                 served.push(under[0].span_id.as_str());
             } else {
                 assert_eq!(under.len(), 0, "the untraced server has no span");
@@ -287,6 +326,47 @@ async fn chain_requests_form_one_trace_each() {
     }
     assert_eq!(count(&spans, UPSTREAM, "CLIENT"), 3 * CHAINS);
     assert_eq!(count(&spans, DOWNSTREAM, "SERVER"), 2 * CHAINS);
+}
+
+/// HTTPS calls whose large response (`/work`, 48,889 bytes) the client
+/// reads in many `SSL_read`s, some of them served from OpenSSL's buffer
+/// without touching the socket: each call is one CLIENT span, whole (not
+/// cut short), ending after the server span it called, and no plaintext
+/// went without its socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_calls_with_large_responses_are_whole() {
+    let dir = std::env::temp_dir().join(format!("tracer-fetch-tls-{}", std::process::id()));
+    let chain = Chain::start(Some(&certificate(&dir))).await;
+    let sink = start_sink().await;
+    let tracer = Tracer::select(&sink, &["--config", &chain.config_path()]);
+    let n = 100;
+    let plan = vec![("GET", "/fetch-work".to_owned(), &b""[..]); n];
+    let sent = parallel_requests(chain.upstream.addr(), plan, 4).await;
+    assert!(sent.iter().all(|s| s.status == 200), "every fetch worked");
+    let arrived = eventually(SPANS_ARRIVE, || {
+        let spans = sink.spans();
+        count(&spans, UPSTREAM, "CLIENT") >= n && count(&spans, DOWNSTREAM, "SERVER") >= n
+    })
+    .await;
+    assert!(arrived, "got {:?}", census(&sink.spans()));
+    assert_eq!(tracer.stop().code(), exit_code(Exit::Ok));
+    let spans = sink.spans();
+    assert_eq!(count(&spans, UPSTREAM, "CLIENT"), n);
+    let downstream_port = chain.downstream.addr().port();
+    for call in spans.iter().filter(|s| s.kind == "CLIENT") {
+        assert_call(call, "https", downstream_port, "/work");
+        let served: Vec<&ReceivedSpan> = spans
+            .iter()
+            .filter(|s| s.kind == "SERVER" && s.parent_span_id == call.span_id)
+            .collect();
+        assert_eq!(served.len(), 1, "one server span under {call:?}");
+        assert!(
+            served[0].end_unix_ns <= call.end_unix_ns,
+            "the call {call:?} ended before its response was written"
+        );
+    }
+    assert_eq!(dropped(&sink, DropReason::TlsSocketUnknown), 0.0);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 fn traceparent(trace_id: &str, span_id: &str) -> String {
@@ -496,7 +576,7 @@ async fn failed_calls_are_client_spans_with_error_status() {
 /// and ids linked as the spans are.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_lines_carry_kind_and_ids() {
-    let chain = Chain::start().await;
+    let chain = Chain::start(None).await;
     let mut command = Command::new(tracer_bin());
     command
         .args(["--config", &chain.config_path()])

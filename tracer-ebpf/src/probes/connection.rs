@@ -148,6 +148,7 @@ pub fn emit_conn_event(kind: EventKind, tgid: u32, sock: u64, state: &ConnState)
         established_ns: state.established_ns,
         meta: state.meta,
         role: state.role,
-        _pad: [0; 7],
+        tls: state.tls,
+        _pad: [0; 6],
     });
 }

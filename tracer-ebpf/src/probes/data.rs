@@ -32,6 +32,7 @@ use crate::{
     probes::{
         connection::{addresses, emit_conn_event, field},
         headers,
+        tls::{self, Claim},
     },
 };
 
@@ -50,7 +51,14 @@ pub fn on_socket_io(sock: u64, moved: i32, flags: i32, direction: u8) {
     if !is_traced(tgid) {
         return;
     }
-    let _ = try_on_socket_io(sock, moved, flags, direction, tgid, tid);
+    // Bytes of an OpenSSL call in progress are ciphertext: its plaintext
+    // is sent instead, a write's now (see `tls.rs`), a read's at its return.
+    let plaintext = match tls::claim_socket(sock, moved, direction) {
+        Claim::Plain => None,
+        Claim::Ciphertext => return,
+        Claim::Plaintext { buffer, len } => Some((buffer, len)),
+    };
+    let _ = try_on_socket_io(sock, moved, flags, direction, tgid, tid, plaintext);
 }
 
 #[inline(always)]
@@ -61,25 +69,67 @@ fn try_on_socket_io(
     direction: u8,
     tgid: u32,
     tid: u32,
+    plaintext: Option<(u64, u32)>,
 ) -> Result<(), i32> {
     if moved <= 0 || (direction == DIRECTION_RECV && flags & MSG_PEEK != 0) {
         return Ok(());
     }
+    let state = tcp_connection(sock, tgid)?;
+    let (moved, buffer) = match plaintext {
+        Some((buffer, len)) => {
+            state.tls = 1;
+            (len, Some(buffer))
+        }
+        // A TLS connection's records come from OpenSSL's hooks alone (its
+        // handshake and alerts, outside the hooked calls, are ciphertext).
+        None if state.tls != 0 => return Ok(()),
+        None => (moved as u32, user_buffer(&config().syscalls)),
+    };
+    on_bytes(state, sock, direction, moved, buffer, tgid, tid);
+    Ok(())
+}
+
+/// Plaintext that OpenSSL read from or wrote to socket `sock` (at the
+/// call's return): `moved` bytes at the user address `buffer`. The
+/// connection is TLS from now on.
+#[inline(always)]
+pub fn on_tls_io(sock: u64, moved: u32, direction: u8, buffer: u64, tgid: u32, tid: u32) {
+    if let Ok(state) = tcp_connection(sock, tgid) {
+        state.tls = 1;
+        on_bytes(state, sock, direction, moved, Some(buffer), tgid, tid);
+    }
+}
+
+/// The state of TCP connection `sock` (IPv4 or IPv6), created on first use.
+#[inline(always)]
+fn tcp_connection(sock: u64, tgid: u32) -> Result<&'static mut ConnState, i32> {
     let at = config().sock;
     let family: u16 = field(sock, at.family)?;
     let protocol: u16 = field(sock, at.protocol)?;
     if protocol != IPPROTO_TCP || (family != AF_INET && family != AF_INET6) {
-        return Ok(());
+        return Err(0);
     }
-    let state = connection(sock, tgid, family)?;
+    connection(sock, tgid, family)
+}
+
+/// `moved` bytes of connection `sock` in `direction`, at `buffer` when
+/// known: a message start or header block is sent with its head, a
+/// response body only as its size.
+#[inline(always)]
+fn on_bytes(
+    state: &mut ConnState,
+    sock: u64,
+    direction: u8,
+    moved: u32,
+    buffer: Option<u64>,
+    tgid: u32,
+    tid: u32,
+) {
     let phase = if direction == DIRECTION_RECV {
         state.recv_phase
     } else {
         state.send_phase
     };
-    let moved = moved as u32;
-    let buffer = user_buffer(&config().syscalls);
-
     let continues_headers = phase == PHASE_HEADERS;
     let starts_message =
         !continues_headers && buffer.is_some_and(|buffer| buffer_may_start_message(buffer, moved));
@@ -96,7 +146,7 @@ fn try_on_socket_io(
             let seq = next_seq(state);
             emit_data(sock, tgid, tid, direction, moved, seq, None);
         }
-        return Ok(());
+        return;
     }
     if state.is_http == 0 {
         state.is_http = 1;
@@ -128,7 +178,6 @@ fn try_on_socket_io(
     } else {
         state.send_phase = next_phase;
     }
-    Ok(())
 }
 
 /// Which end the traced process is, as its first message starts: the

@@ -5,13 +5,16 @@ use tracer_common::header_capture::{CaptureNames, MAX_NAME_LEN, MAX_NAMES};
 
 use super::{
     btf::Btf,
-    loader, privileges,
+    loader,
+    openssl::Finder,
+    privileges,
     probes::{ProbeChoice, ProbeSet},
     tracefs,
 };
 use crate::exit::Exit;
 
-pub fn run() -> Exit {
+/// Checks this kernel, and the HTTPS of each of `pids`.
+pub fn run(pids: &[u32]) -> Exit {
     let mut ready = true;
     let mut check = |what: &str, result: Result<String, String>, required: bool| match &result {
         Ok(detail) => println!("  ok    {what}: {detail}"),
@@ -100,6 +103,7 @@ pub fn run() -> Exit {
     let most_names: Vec<&[u8]> = most_names.iter().map(|name| name.as_bytes()).collect();
     let capture = CaptureNames::new(&most_names).unwrap_or(CaptureNames::NONE);
     let mut runs = None;
+    let mut uprobes = None;
     for probe_set in ProbeSet::AUTO_ORDER {
         let choice = match probe_set {
             ProbeSet::Tracepoints => ProbeChoice::Tracepoints,
@@ -107,7 +111,10 @@ pub fn run() -> Exit {
             ProbeSet::Kprobes => ProbeChoice::Kprobes,
         };
         let result = match loader::load(choice, true, &capture) {
-            Ok(_) => Ok("loads and attaches".to_owned()),
+            Ok(loaded) => {
+                uprobes.get_or_insert(loaded.kernel.tls_programs());
+                Ok("loads and attaches".to_owned())
+            }
             Err(loader::LoadError::NoProbeSet(reasons)) => Err(reasons.join("; ")),
             Err(err) => Err(err.to_string()),
         };
@@ -115,6 +122,25 @@ pub fn run() -> Exit {
             runs = Some(probe_set);
         }
         check(&format!("probe set {}", probe_set.name()), result, false);
+    }
+    if let Some(uprobes) = uprobes {
+        check(
+            "OpenSSL uprobe programs, for HTTPS",
+            uprobes.map(|()| "load".to_owned()),
+            false,
+        );
+    }
+    let mut finder = Finder::default();
+    for &pid in pids {
+        let found = finder.find(pid).map(|library| {
+            let hooked: Vec<&str> = library.functions.iter().map(|(f, _)| f.name).collect();
+            format!("{}: {}", library.mapped, hooked.join(", "))
+        });
+        check(
+            &format!("HTTPS of pid {pid} (OpenSSL)"),
+            found.map_err(|err| err.to_string()),
+            false,
+        );
     }
     if runs.is_none() {
         ready = false;

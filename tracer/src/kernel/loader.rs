@@ -11,7 +11,9 @@ use tracer_common::{KERNEL_COUNTERS, KernelConfig, header_capture::CaptureNames}
 use super::{
     abi::{sock_offsets, syscall_abi, task_offsets, tcp_args},
     btf::{Btf, BtfError},
+    openssl::Library,
     probes::{ProbeChoice, ProbeSet, RecvmsgForm},
+    uprobes::{TlsProbes, UprobeError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +35,9 @@ pub enum LoadError {
 /// The loaded programs and the maps the daemon writes or reads.
 pub struct KernelSide {
     // Dropping it detaches every program.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
+    /// The OpenSSL uprobes, or why the kernel refused them.
+    tls: Result<TlsProbes, String>,
     traced_tasks: HashMap<MapData, u32, u8>,
     listen_ports: HashMap<MapData, u16, u8>,
     watched_ports: HashMap<MapData, u16, u8>,
@@ -48,6 +52,15 @@ pub struct Loaded {
     pub events: RingBuf<MapData>,
     pub probe_set: ProbeSet,
     pub refused: Vec<String>,
+}
+
+/// Why a process's HTTPS is not traced.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("the kernel refused the OpenSSL uprobe programs: {0}")]
+    Programs(String),
+    #[error(transparent)]
+    Uprobe(#[from] UprobeError),
 }
 
 /// Loads the programs and attaches the first candidate set of `choice` that
@@ -129,8 +142,13 @@ impl KernelSide {
             .map_err(map_error("WATCHED_PORTS"))?;
         let counters =
             PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?).map_err(map_error("COUNTERS"))?;
+        let tls = TlsProbes::load(&mut ebpf).map_err(|err| {
+            log::debug!("OpenSSL uprobe programs in full: {err}");
+            brief(&err)
+        });
         let kernel = KernelSide {
-            _ebpf: ebpf,
+            ebpf,
+            tls,
             traced_tasks,
             listen_ports,
             watched_ports,
@@ -190,6 +208,31 @@ impl KernelSide {
         self.traced_tasks
             .insert(pid, 1, 0)
             .map_err(map_error("TRACED_TASKS"))
+    }
+
+    /// Attaches the OpenSSL uprobes for process `pid` (not a thread).
+    pub fn trace_tls(&mut self, pid: u32) -> Result<Library, TlsError> {
+        match &mut self.tls {
+            Ok(tls) => Ok(tls.attach(&mut self.ebpf, pid)?),
+            Err(reason) => Err(TlsError::Programs(reason.clone())),
+        }
+    }
+
+    /// Whether the kernel took the OpenSSL uprobe programs, or why not.
+    pub fn tls_programs(&self) -> Result<(), String> {
+        self.tls.as_ref().map(|_| ()).map_err(Clone::clone)
+    }
+
+    /// Whether process `pid` has the OpenSSL uprobes.
+    pub fn traces_tls(&self, pid: u32) -> bool {
+        self.tls.as_ref().is_ok_and(|tls| tls.is_attached(pid))
+    }
+
+    /// Detaches process `pid`'s OpenSSL uprobes (it exited).
+    pub fn untrace_tls(&mut self, pid: u32) {
+        if let Ok(tls) = &mut self.tls {
+            tls.detach(&mut self.ebpf, pid);
+        }
     }
 
     /// Makes the kernel's set of listening ports equal to `ports`.

@@ -4,6 +4,8 @@ pub mod abi;
 pub mod btf;
 pub mod doctor;
 pub mod loader;
+pub mod openssl;
 pub mod privileges;
 pub mod probes;
 pub mod tracefs;
+pub mod uprobes;

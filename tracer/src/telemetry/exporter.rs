@@ -436,6 +436,7 @@ mod tests {
             side: crate::events::Side::Server,
             ids: crate::trace_context::SpanIds::root(),
             response_cut_short: false,
+            tls: false,
             response_body_bytes: Some(60),
             ..crate::telemetry::spans::tests::request_to("/users/42", 200)
         }

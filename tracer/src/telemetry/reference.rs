@@ -269,6 +269,7 @@ fn requests() -> Vec<CompletedRequest> {
         side: Side::Server,
         ids: SpanIds::root(),
         response_cut_short: false,
+        tls: false,
         request: RequestHead {
             method: method.into(),
             path: path.into(),

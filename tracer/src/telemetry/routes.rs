@@ -498,6 +498,7 @@ mod tests {
             side: crate::events::Side::Server,
             ids: crate::trace_context::SpanIds::root(),
             response_cut_short: false,
+            tls: false,
             request: RequestHead {
                 method: method.into(),
                 path: path.into(),

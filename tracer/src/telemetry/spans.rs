@@ -47,12 +47,13 @@ pub fn called_server(request: &CompletedRequest) -> Option<(String, u16)> {
         .as_deref()
         .filter(|host| !host.is_empty())
     {
+        let default_port = if request.tls { 443 } else { 80 };
         let (name, port) = match host.rsplit_once(':') {
             Some((name, port)) if !name.ends_with(':') => match port.parse() {
                 Ok(port) => (name, port),
-                Err(_) => (host, 80),
+                Err(_) => (host, default_port),
             },
-            _ => (host, 80),
+            _ => (host, default_port),
         };
         let name = name.trim_start_matches('[').trim_end_matches(']');
         return Some((name.to_owned(), port));
@@ -151,7 +152,7 @@ fn shared_attributes(request: &CompletedRequest, mut each: impl FnMut(&'static s
         "http.response.status_code",
         Shared::Int(i64::from(request.status)),
     );
-    each("url.scheme", Shared::Static("http"));
+    each("url.scheme", Shared::Static(scheme(request)));
     each("network.protocol.name", Shared::Static("http"));
     each(
         "network.protocol.version",
@@ -187,7 +188,7 @@ fn call_attributes(request: &CompletedRequest, mut each: impl FnMut(&'static str
         each("server.address", Shared::Str(&address));
         each("server.port", Shared::Int(i64::from(port)));
     }
-    each("url.scheme", Shared::Static("http"));
+    each("url.scheme", Shared::Static(scheme(request)));
     each(
         "network.protocol.version",
         Shared::Static(protocol_version(request)),
@@ -195,6 +196,11 @@ fn call_attributes(request: &CompletedRequest, mut each: impl FnMut(&'static str
     if let Some(error) = call_error(request) {
         each("error.type", Shared::Str(error.as_str()));
     }
+}
+
+/// `url.scheme`: `https` when the kernel saw the plaintext in OpenSSL.
+fn scheme(request: &CompletedRequest) -> &'static str {
+    if request.tls { "https" } else { "http" }
 }
 
 /// Why a call failed, as `error.type` gives it.
@@ -290,7 +296,7 @@ impl<I: IdGenerator> SpanEncoder<I> {
         if let Some((server, _)) = called_server(request) {
             // Host as the request gave it (with its port), and the path.
             let host = request.request.host.as_deref().unwrap_or(&server);
-            let full = ["http://", host, &request.request.path].concat();
+            let full = [scheme(request), "://", host, &request.request.path].concat();
             attributes.str("url.full", &full);
         }
         if let Some((address, port)) = peer(request) {
@@ -438,6 +444,7 @@ pub(crate) mod tests {
             side: crate::events::Side::Server,
             ids: crate::trace_context::SpanIds::root(),
             response_cut_short: false,
+            tls: false,
             request: RequestHead {
                 method: "GET".into(),
                 path: path.into(),
@@ -673,6 +680,27 @@ pub(crate) mod tests {
             attribute(&default_port, "url.full"),
             Some(&string("http://api.test/api/items"))
         );
+    }
+
+    #[test]
+    fn a_call_over_tls_is_https() {
+        let call = CompletedRequest {
+            tls: true,
+            ..call_to(Some("api.test"), 200)
+        };
+        let span = call_span(&call);
+        assert_eq!(
+            attribute(&span, "url.full"),
+            Some(&string("https://api.test/api/items"))
+        );
+        assert_eq!(attribute(&span, "url.scheme"), Some(&string("https")));
+        assert_eq!(attribute(&span, "server.port"), Some(&Val::IntValue(443)));
+        let served = CompletedRequest {
+            tls: true,
+            ..request(200)
+        };
+        let [server, ..] = spans_of(&served);
+        assert_eq!(attribute(&server, "url.scheme"), Some(&string("https")));
     }
 
     #[test]
