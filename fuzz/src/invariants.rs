@@ -411,6 +411,7 @@ mod tests {
             side: tracer::events::Side::Server,
             ids: tracer::trace_context::SpanIds::root(),
             response_cut_short: false,
+            tls: false,
             request: RequestHead {
                 method: method.into(),
                 path: path.into(),
